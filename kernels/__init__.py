@@ -1,0 +1,1 @@
+"""Triton kernels for mLiT, installed as `mlit.kernels` (see pyproject.toml)."""

@@ -1,0 +1,126 @@
+"""Mixture of experts: noisy top-k gating and shared-projection SwiGLU experts (SPEC 2).
+
+Shazeer et al. 2017, "Outrageously large neural networks", with the mLiT twist that the
+experts of a layer share V and W2 (paper Table 9) and only keep their own W.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlit.dispatch import expert_mixture
+
+
+def cv_squared(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Squared coefficient of variation over experts: population var / (mean^2 + eps), fp32."""
+    x = x.float()
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    return x.var(unbiased=False) / (x.mean() ** 2 + eps)
+
+
+class NoisyTopKGate(nn.Module):
+    """Noisy top-k gating with the importance and load-balancing losses (SPEC 2)."""
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, noisy: bool = True,
+                 noise_epsilon: float = 1e-2, importance_weight: float = 0.01,
+                 load_weight: float = 0.01, cv_epsilon: float = 1e-10):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k={top_k}: must be between 1 and num_experts={num_experts}")
+        self.num_experts, self.top_k, self.noisy = num_experts, top_k, noisy
+        self.noise_epsilon, self.cv_epsilon = noise_epsilon, cv_epsilon
+        self.importance_weight, self.load_weight = importance_weight, load_weight
+        self.w_gate = nn.Parameter(torch.empty(dim, num_experts))  # Wg
+        self.w_noise = nn.Parameter(torch.empty(dim, num_experts))  # Wn
+        # PyTorch's Linear default, as the paper uses default initialisation everywhere
+        bound = 1 / math.sqrt(dim)
+        nn.init.uniform_(self.w_gate, -bound, bound)
+        nn.init.uniform_(self.w_noise, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, d) -> gates (N, E) with k non-zeros per row, aux loss (), tokens per expert (E,).
+
+        Routing runs in fp32 even under autocast: top-k ties and the normal CDF are touchy.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            clean = x @ self.w_gate  # c = x Wg
+            use_noise = self.noisy and self.training
+            if use_noise:
+                noise_std = F.softplus(x @ self.w_noise) + self.noise_epsilon  # s
+                logits = clean + torch.randn_like(clean) * noise_std  # h = c + eps * s
+            else:
+                logits = clean
+            k = self.top_k
+            top_vals, top_idx = logits.topk(min(k + 1, self.num_experts), dim=1)
+            top_k_gates = F.softmax(top_vals[:, :k], dim=1)
+            gates = torch.zeros_like(logits).scatter(1, top_idx[:, :k], top_k_gates)
+
+            importance = gates.sum(0)
+            if use_noise and k < self.num_experts:
+                load = self.load_probability(clean, logits, noise_std, top_vals).sum(0)
+            else:  # without noise the load is the (non-differentiable) routed count
+                load = (gates > 0).float().sum(0)
+            aux = (self.importance_weight * cv_squared(importance, self.cv_epsilon)
+                   + self.load_weight * cv_squared(load, self.cv_epsilon))
+        return gates, aux, (gates > 0).sum(0).detach()
+
+    def load_probability(self, clean, noisy, noise_std, top_vals) -> torch.Tensor:
+        """P(x, i) = Phi((c_i - t_i) / s_i): the chance that expert i stays in the top k when
+        only its own noise is re-drawn. t_i is the k-th largest noisy logit among the *other*
+        experts: the (k+1)-th largest of h if i is in the top k, else the k-th largest."""
+        k = self.top_k
+        kth = top_vals[:, k - 1 : k]  # (N, 1) k-th largest of h
+        kth_plus_one = top_vals[:, k : k + 1]  # (N, 1) (k+1)-th largest of h
+        in_top_k = noisy >= kth
+        threshold = torch.where(in_top_k, kth_plus_one, kth)
+        return torch.special.ndtr((clean - threshold) / noise_std)
+
+
+class SharedSwiGLUExperts(nn.Module):
+    """E SwiGLU experts E_i(x) = (Swish(x W_i + b_i) * (x V + c)) W2 + b2, sharing V, c, W2, b2."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, impl: str = "auto"):
+        super().__init__()
+        self.impl = impl
+        self.expert_weight = nn.Parameter(torch.empty(num_experts, dim, hidden))  # W_i
+        self.expert_bias = nn.Parameter(torch.empty(num_experts, hidden))  # b_i
+        bound = 1 / math.sqrt(dim)  # each W_i initialised like its own nn.Linear(dim, hidden)
+        nn.init.uniform_(self.expert_weight, -bound, bound)
+        nn.init.uniform_(self.expert_bias, -bound, bound)
+        self.value_proj = nn.Linear(dim, hidden)  # V, c (shared)
+        self.out_proj = nn.Linear(hidden, dim)  # W2, b2 (shared)
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        return expert_mixture(x, gates, self.expert_weight, self.expert_bias,
+                              self.value_proj.weight, self.value_proj.bias,
+                              self.out_proj.weight, self.out_proj.bias, impl=self.impl)
+
+
+class MoELayer(nn.Module):
+    """y = sum_i G(x)_i E_i(x), then dropout (SPEC 2). Tokens are flattened to (B*N, d)."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, dropout: float,
+                 impl: str = "auto", **gate_kwargs):
+        super().__init__()
+        self.num_experts = num_experts
+        self.gate = NoisyTopKGate(dim, num_experts, top_k, **gate_kwargs)
+        self.experts = SharedSwiGLUExperts(dim, hidden, num_experts, impl)
+        # Dropout of each expert's output, applied once to the gated sum (the same in
+        # expectation; one mask instead of k).
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("last_load", torch.zeros(num_experts, dtype=torch.long),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])  # (B*N, d)
+        gates, aux, load = self.gate(tokens)
+        self.last_load = load  # tokens routed to each expert, for logging
+        y = self.experts(tokens, gates)
+        return self.dropout(y).reshape(shape), aux

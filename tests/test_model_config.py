@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mlit
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (dict(embed_dim=100), "embed_dim"),  # not divisible by 8 heads
+    (dict(num_kv_groups=3), "num_heads"),  # 8 heads not divisible by 3 groups
+    (dict(top_k=4), "top_k"),  # more than the 3 experts of the first stage
+    (dict(hidden_last=0), "hidden_last"),
+    (dict(hidden_first=-2), "hidden_first"),
+    (dict(decoder_embed_dim=100), "decoder_embed_dim"),
+    (dict(image_size=35), "image_size"),
+    (dict(head="conv"), "head"),
+    (dict(moe_impl="cuda"), "moe_impl"),
+    (dict(mask_ratio=1.0), "mask_ratio"),
+    (dict(expert_stages=()), "expert_stages"),
+])
+def test_impossible_configurations_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"^{field}="):
+        mlit.create_model("mlit_s", **overrides)
+
+
+def test_unknown_field_and_model_are_named():
+    with pytest.raises(ValueError, match="unknown model field 'embed_dims'"):
+        mlit.create_model("mlit_s", embed_dims=3)
+    with pytest.raises(ValueError, match="unknown model 'mlit_m'"):
+        mlit.create_model("mlit_m")
+
+
+def test_param_counts_match_the_paper():
+    tool = Path(__file__).parents[1] / "tools" / "param_count.py"
+    counts = json.loads(subprocess.run([sys.executable, str(tool), "--json"], check=True,
+                                       capture_output=True, text=True).stdout)
+    paper = {"mlit_s": (2.36, 2.38), "mlit_xs": (1.21, 1.22), "mlit_xxs": (0.66, 0.67)}
+    assert set(counts) == set(paper)
+    for name, (encoder, classifier) in paper.items():
+        assert abs(counts[name]["encoder"] / 1e6 - encoder) <= 0.01, name
+        assert round(counts[name]["classifier"] / 1e6, 2) == classifier, name
+        assert abs(counts[name]["decoder"] / 1e6 - 0.34) <= 0.01, name
+    assert counts["mlit_s"]["encoder"] == 2_368_610  # SPEC 3's own arithmetic: 2,368,6xx
+    assert counts["mlit_s"]["decoder"] == 337_140
