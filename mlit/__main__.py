@@ -1,0 +1,5 @@
+import sys
+
+from mlit.train import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""One training step, one epoch, and evaluation: the code every stage, the zoo and the
+analyses share. Mixed precision: fp16 with a gradient scaler (the paper's), or bf16."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlit.encoder import MLiT, patchify, unpatchify
+from mlit.mae import MaskedAutoEncoder
+from mlit.moe import MoELayer
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss was NaN or infinite; training stops and keeps the last good checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(f"the loss became non-finite at step {step}")
+        self.step = step
+        self.where = ""  # filled in by the runner: stage and last good checkpoint
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    dtype: torch.dtype  # float32 means autocast off
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+
+def select_precision(device: torch.device, amp: str) -> Precision:
+    if device.type != "cuda":
+        if amp in ("fp16", "bf16"):
+            raise ValueError(f"train.amp={amp}: mixed precision needs CUDA; use fp32 or auto")
+        return Precision(device, torch.float32)
+    dtype = {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16,
+             "fp32": torch.float32}[amp]
+    return Precision(device, dtype)
+
+
+@dataclass
+class StepTracker:
+    """Running sums on the device, read on the host only at log points (no per-step sync).
+    `first_bad_step` remembers the first step whose loss was not finite."""
+    sums: dict = field(default_factory=dict)
+    count: int = 0
+    first_bad_step: torch.Tensor | None = None
+
+    def add(self, step: int, parts: dict[str, torch.Tensor]) -> None:
+        loss = parts["loss"].detach()
+        bad = ~torch.isfinite(loss)
+        if self.first_bad_step is None:
+            self.first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0),
+                                          torch.full_like(self.first_bad_step, step),
+                                          self.first_bad_step)
+        for k, v in parts.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.count += 1
+
+    def check(self) -> None:
+        if self.first_bad_step is not None and (step := int(self.first_bad_step)) >= 0:
+            raise NonFiniteLoss(step)
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def loss_parts(model: nn.Module, images, targets, label_smoothing: float = 0.0):
+    """The stage's objective and its parts. Classifiers: CE + w_moe * L_moe; MAE: SPEC 4."""
+    if isinstance(model, MaskedAutoEncoder) or isinstance(getattr(model, "_orig_mod", None),
+                                                          MaskedAutoEncoder):
+        out = model(images)
+        return {"loss": out.loss, "masked": out.masked_loss, "unmasked": out.unmasked_loss,
+                "moe": out.moe_loss}
+    logits, moe = model(images)
+    ce = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+    w_moe = model.cfg.moe_loss_weight
+    return {"loss": ce + w_moe * moe, "ce": ce, "moe": moe}
+
+
+def train_step(model, images, targets, optimizer, scaler, precision: Precision,
+               clip_grad: float | None = None, label_smoothing: float = 0.0) -> dict:
+    with precision.autocast():
+        parts = loss_parts(model, images, targets, label_smoothing)
+    scaler.scale(parts["loss"]).backward()
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return parts
+
+
+def expert_load(model: nn.Module) -> list[torch.Tensor]:
+    """Share of routed tokens per expert, for every MoE layer (encoder, then decoder)."""
+    return [m.last_load.float() / m.last_load.sum().clamp(min=1)
+            for m in model.modules() if isinstance(m, MoELayer)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
+    """Classifiers: top-1 accuracy (a fraction) and cross-entropy; MAE: the losses on a
+    fixed mask per batch (seeded generator), so runs compare."""
+    was_training = model.training
+    model.eval()
+    device = precision.device
+    total, correct, loss_sum = 0, 0, 0.0
+    sums: dict[str, float] = {}
+    gen = torch.Generator(device=device).manual_seed(0)
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with precision.autocast():
+            if isinstance(model, MLiT):
+                logits, _ = model(images)
+                loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+                correct += int((logits.argmax(1) == targets).sum())
+            else:
+                out = model(images, generator=gen)
+                for k, v in (("loss", out.loss), ("masked", out.masked_loss),
+                             ("unmasked", out.unmasked_loss)):
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(images)
+        total += len(images)
+    model.train(was_training)
+    if isinstance(model, MLiT):
+        return {"acc": correct / total, "loss": loss_sum / total}
+    return {k: v / total for k, v in sums.items()}
+
+
+@torch.no_grad()
+def reconstruction_grid(mae: MaskedAutoEncoder, images: torch.Tensor, mean, std):
+    """Rows of (original, masked input, reconstruction with the visible patches pasted back),
+    in pixel space, for TensorBoard."""
+    was_training = mae.training
+    mae.eval()
+    out = mae(images, generator=torch.Generator(device=images.device).manual_seed(0))
+    mae.train(was_training)
+    p, c = mae.cfg.patch_size, mae.cfg.in_channels
+    target = patchify(images, p)
+    mask = out.mask.unsqueeze(-1)
+    masked = unpatchify(target * (1 - mask), p, c)
+    pasted = unpatchify(out.pred.float() * mask + target * (1 - mask), p, c)
+    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    rows = torch.stack([images, masked, pasted], dim=1).flatten(0, 1)  # (3B, C, H, W)
+    return (rows * std + mean).clamp(0, 1)

@@ -1,0 +1,265 @@
+"""Run a recipe: MAE pre-training, then fine-tuning (or supervised training), resumable.
+
+    python -m mlit.train recipes/quickstart.yaml
+    python -m mlit.train recipes/mmlit_s.yaml data.download=true train.amp=bf16
+
+Output under `train.out` (default runs/<recipe name>): recipe.yaml (resolved), one folder per
+stage with checkpoint.pt (the last, written atomically), metrics.jsonl (one line per epoch),
+tb/ (TensorBoard) and summary.json. Running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mlit import checkpoint as ckpt
+from mlit.config import Recipe, RecipeError, Stage, load_recipe, recipe_to_yaml
+from mlit.data.datasets import INFO, DatasetMissing
+from mlit.data.loaders import epoch_seed, test_loader, train_loader
+from mlit.data.transforms import batch_mixing
+from mlit.encoder import MLiT, build_head
+from mlit.engine import (NonFiniteLoss, Precision, StepTracker, evaluate, expert_load,
+                         reconstruction_grid, select_precision, train_step)
+from mlit.mae import MaskedAutoEncoder
+from mlit.optim import build_optimizer, lr_at, set_lr
+
+
+def output_dir(recipe: Recipe) -> Path:
+    return Path(recipe.train.out or Path("runs") / recipe.name)
+
+
+def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dict | None):
+    """The stage's model. Classifier heads may draw from their own seed, so two runs that
+    differ only in `head_seed` start from identical encoders and different heads."""
+    extra = {"num_classes": INFO[recipe.data.dataset].num_classes}
+    if stage.head:
+        extra["head"] = stage.head
+    cfg = recipe.model_settings(**extra)
+    ckpt.seed_everything(recipe.train.seed)
+    if kind == "pretrain":
+        return MaskedAutoEncoder(cfg)
+    model = MLiT(cfg)
+    if stage.head_seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stage.head_seed)
+            model.head = build_head(cfg)
+    if encoder_init is not None:
+        model.encoder.load_state_dict(encoder_init)
+    return model
+
+
+class StageRun:
+    """One stage: its model, optimiser, schedule, loaders, checkpoints and logs."""
+
+    def __init__(self, recipe: Recipe, kind: str, stage: Stage, out: Path,
+                 precision: Precision, writer, encoder_init: dict | None = None):
+        self.recipe, self.kind, self.stage, self.precision = recipe, kind, stage, precision
+        self.dir = out / kind
+        self.metrics_path = out / "metrics.jsonl"
+        self.writer = writer
+        self.model = build_stage_model(recipe, kind, stage, encoder_init).to(precision.device)
+        self.optimizer = build_optimizer(self.model, stage)
+        self.scaler = precision.scaler()
+        size = self.model.cfg.image_size
+        pin = precision.device.type == "cuda"
+        self.train_loader = train_loader(recipe.data, stage.augment, size, stage.batch_size, pin)
+        self.test_loader = test_loader(recipe.data, size, stage.batch_size, pin)
+        self.mixing = (None if kind == "pretrain" else
+                       batch_mixing(stage.augment, self.model.cfg.num_classes))
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = stage.epochs * self.steps_per_epoch
+        self.warmup_steps = round(stage.warmup_epochs * self.steps_per_epoch)
+        self.epoch, self.step, self.result = 0, 0, {}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def save(self) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "rng": ckpt.rng_state(), "result": self.result, "kind": self.kind,
+                 "model_config": vars(self.model.cfg)}
+        ckpt.save_atomic(state, self.last_path)
+        if self.stage.keep_every_checkpoint:
+            ckpt.save_atomic({"model": state["model"], "epoch": self.epoch},
+                             self.dir / f"checkpoint_epoch{self.epoch:04d}.pt")
+
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one; True when the stage had finished."""
+        if not self.last_path.exists():
+            return False
+        state = ckpt.load(self.last_path, map_location=self.precision.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.result = state["epoch"], state["step"], state["result"]
+        ckpt.set_rng_state(state["rng"])
+        self.truncate_metrics()
+        return self.epoch >= self.stage.epochs
+
+    def truncate_metrics(self) -> None:
+        """Drop metric lines of epochs after the checkpoint (a run killed between the two)."""
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines()
+        keep = [l for l in lines if not ((r := json.loads(l))["stage"] == self.kind
+                                         and r["epoch"] > self.epoch)]
+        self.metrics_path.write_text("".join(l + "\n" for l in keep))
+
+    # -- training ---------------------------------------------------------------------------
+    def run_epoch(self, bar) -> dict:
+        self.model.train()
+        seed = epoch_seed(self.recipe.train.seed, self.kind, self.epoch)
+        ckpt.seed_everything(seed)  # augmentation, masking, gate noise, dropout
+        self.train_loader.generator.manual_seed(seed)  # shuffling and worker seeds
+        tracker, device = StepTracker(), self.precision.device
+        for images, targets in self.train_loader:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if self.mixing is not None:
+                images, targets = self.mixing(images, targets)
+            lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.stage)
+            set_lr(self.optimizer, lr)
+            parts = train_step(self.model, images, targets, self.optimizer, self.scaler,
+                               self.precision, self.stage.clip_grad, self.stage.label_smoothing)
+            tracker.add(self.step, parts)
+            self.step += 1
+            if self.step % self.recipe.train.log_every == 0:
+                tracker.check()
+                self.log_step(parts, lr)
+            bar.update(1)
+        tracker.check()
+        return {**tracker.means(), "lr": lr}
+
+    def log_step(self, parts: dict, lr: float) -> None:
+        for k, v in parts.items():
+            self.writer.add_scalar(f"{self.kind}/train_{k}", float(v.detach()), self.step)
+        self.writer.add_scalar(f"{self.kind}/lr", lr, self.step)
+        for i, load in enumerate(expert_load(self.model)):
+            self.writer.add_scalars(f"{self.kind}/expert_load/layer{i:02d}",
+                                    {f"expert{e}": float(s) for e, s in enumerate(load)},
+                                    self.step)
+
+    def evaluate(self) -> dict:
+        metrics = evaluate(self.model, self.test_loader, self.precision)
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"{self.kind}/test_{k}", v, self.step)
+        if self.kind == "pretrain":
+            info = INFO[self.recipe.data.dataset]
+            images = next(iter(self.test_loader))[0][:8].to(self.precision.device)
+            grid = reconstruction_grid(self.model, images, info.mean, info.std)
+            from torchvision.utils import make_grid
+            self.writer.add_image(f"{self.kind}/reconstructions", make_grid(grid, nrow=3),
+                                  self.step)
+        return {f"test_{k}": v for k, v in metrics.items()}
+
+    def run(self) -> dict:
+        """Train the remaining epochs; returns the stage's result."""
+        if self.resume():
+            print(f"[{self.kind}] complete at epoch {self.epoch}, skipping", file=sys.stderr)
+            return {**self.result, "epoch": self.epoch}
+        stop_after = self.recipe.train.stop_after_epochs
+        last_epoch = min(self.stage.epochs, self.epoch + stop_after if stop_after else 10**9)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.kind, unit="step",
+                   disable=not self.recipe.train.progress, dynamic_ncols=True, mininterval=2)
+        start = time.time()
+        with bar:
+            while self.epoch < last_epoch:
+                train_metrics = self.run_epoch(bar)
+                self.epoch += 1
+                done = self.epoch == self.stage.epochs
+                record = {"stage": self.kind, "epoch": self.epoch, "step": self.step,
+                          **{f"train_{k}": v for k, v in train_metrics.items()}}
+                if done or self.epoch % self.stage.eval_every == 0:
+                    record.update(self.evaluate())
+                record["time_s"] = round(time.time() - start, 2)
+                self.result = {k: v for k, v in record.items() if k.startswith("test_")} or \
+                    self.result
+                with self.metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.write(f"[{self.kind}] epoch {self.epoch}/{self.stage.epochs} " + " ".join(
+                    f"{k}={v:.4g}" for k, v in record.items()
+                    if k.startswith(("train_loss", "test_")) or k == "train_lr"))
+                if done or self.epoch % self.stage.checkpoint_every == 0 \
+                        or self.epoch == last_epoch:
+                    self.save()
+        self.writer.flush()
+        return {**self.result, "epoch": self.epoch}
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name}: CUDA is not available here")
+    return device
+
+
+def run(recipe: Recipe) -> dict:
+    """Every stage of the recipe in order; returns (and writes) the summary."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = output_dir(recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    precision = select_precision(select_device(recipe.train.device), recipe.train.amp)
+    writer = SummaryWriter(str(out / "tb"))
+    summary: dict = {"recipe": recipe.name, "device": str(precision.device),
+                     "dtype": str(precision.dtype).removeprefix("torch."), "stages": {}}
+    encoder_init = None
+    try:
+        for kind, stage in recipe.stages():
+            if kind == "finetune":
+                source = stage.init or out / "pretrain" / "checkpoint.pt"
+                encoder_init = ckpt.encoder_state(ckpt.load(source))
+            stage_run = StageRun(recipe, kind, stage, out, precision, writer, encoder_init)
+            try:
+                result = stage_run.run()
+            except NonFiniteLoss as err:
+                last = stage_run.last_path if stage_run.last_path.exists() else "none yet"
+                err.where = f"stage {kind}; last good checkpoint: {last}"
+                raise
+            summary["stages"][kind] = result
+            if result.get("epoch", 0) < stage.epochs:  # stopped early by stop_after_epochs
+                summary["incomplete"] = kind
+                break
+    finally:
+        writer.close()
+    last = summary["stages"][next(reversed(summary["stages"]))]
+    summary.update({k: v for k, v in last.items() if k.startswith("test_")})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    try:
+        recipe = load_recipe(argv[0], argv[1:])
+        summary = run(recipe)
+    except (RecipeError, DatasetMissing, ckpt.CheckpointMissing, ValueError) as err:
+        # ValueError: settings that only fail once the run starts (device, amp, batch size)
+        print(f"mlit.train: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as err:
+        print(f"mlit.train: {err} ({err.where}); stopped", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in summary.items() if k != "stages"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

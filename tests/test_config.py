@@ -1,0 +1,89 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlit.config import RecipeError, load_recipe
+from mlit.train import main
+
+ROOT = Path(__file__).parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_builds_its_model_and_optimizer(path):
+    from mlit.optim import build_optimizer
+    from mlit.train import build_stage_model
+
+    recipe = load_recipe(path)
+    for kind, stage in recipe.stages():
+        model = build_stage_model(recipe, kind, stage, None)
+        optimizer = build_optimizer(model, stage)
+        assert sum(len(g["params"]) for g in optimizer.param_groups) == \
+            len(list(model.parameters()))
+
+
+def test_paper_recipes_hold_the_tables():
+    s = load_recipe(ROOT / "recipes/mmlit_s.yaml")
+    assert (s.pretrain.epochs, s.pretrain.warmup_epochs, s.pretrain.batch_size) == (4000, 200, 840)
+    assert (s.finetune.epochs, s.finetune.batch_size, s.finetune.layer_decay) == (300, 448, 0.9)
+    assert s.finetune.augment.auto_augment == "cifar10"
+    xxs = load_recipe(ROOT / "recipes/mmlit_xxs.yaml")
+    assert (xxs.pretrain.epochs, xxs.pretrain.batch_size) == (8000, 1280)
+    svhn = load_recipe(ROOT / "recipes/transfer_svhn.yaml")
+    assert (svhn.finetune.base_lr, svhn.finetune.batch_size, svhn.finetune.warmup_epochs) == \
+        (2.5e-4, 256, 10)
+    assert svhn.finetune.augment.auto_augment == "svhn"
+    assert load_recipe(ROOT / "recipes/scratch_cifar100.yaml").supervised.base_lr == 2e-4
+
+
+def test_dotted_overrides_reach_any_field():
+    r = load_recipe(ROOT / "recipes/quickstart.yaml",
+                    ["finetune.epochs=3", "finetune.augment.mixup=0.8", "model.head=mlp",
+                     "train.amp=fp32", "finetune.betas=[0.8, 0.9]", "data.root=/x"])
+    assert r.finetune.epochs == 3 and r.finetune.augment.mixup == 0.8
+    assert r.model_settings().head == "mlp" and r.train.amp == "fp32"
+    assert r.finetune.betas == (0.8, 0.9) and r.data.root == "/x"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("finetune.epoch=3", "finetune.epoch: unknown key"),
+    ("finetune.epochs=three", "finetune.epochs: "),
+    ("finetune.epochs=0", "finetune.epochs: "),
+    ("train.amp=fp8", "train.amp: "),
+    ("data.dataset=imagenet", "data.dataset: "),
+    ("finetune.augment.auto_augment=cifar", "finetune.augment.auto_augment: "),
+    ("model.num_heads=5", "model.embed_dim=16: must be divisible by num_heads=5"),
+    ("model.top_k=4", "model.top_k=4"),
+    ("model.widht=3", "model.unknown model field 'widht'"),
+    ("trian.seed=1", "trian: unknown key"),
+    ("finetune.epochs.max=3", "finetune.epochs: not a section"),
+    ("finetune.warmup_epochs=99", "warmup_epochs=99.0 exceeds epochs=30"),
+    ("noequals", "expected key=value"),
+])
+def test_bad_recipe_input_names_the_key(override, message):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(ROOT / "recipes/quickstart.yaml", [override, "model.name=mlit_micro"]
+                    if override.startswith("model.num_heads") else [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_recipe_and_missing_init(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main([str(ROOT / "recipes/transfer_cifar10.yaml"), "data.dataset=digits",
+                 f"finetune.init={tmp_path}/none.pt", f"train.out={tmp_path}/o",
+                 "model.name=mlit_micro", "train.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none.pt does not exist" in err
+
+
+def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mlit.train", "recipes/quickstart.yaml",
+                           "pretrain.batch_sise=3", f"train.out={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == "mlit.train: pretrain.batch_sise: unknown key\n"
+    assert not (tmp_path / "recipe.yaml").exists()  # stopped before any work
