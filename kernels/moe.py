@@ -1,0 +1,115 @@
+"""The Triton expert dispatch as torch custom ops, with autograd and fake (meta)
+implementations so the model also runs under torch.compile.
+
+    y = triton_expert_mixture(x, gates, W, b, V, c, W2, b2)   # the mlit.dispatch contract
+
+Forward: one fused kernel writes H = (x V^T + c) * sum_e g_e silu(x W_e + b_e); W2 stays a
+cuBLAS GEMM. Backward: one fused kernel recomputes a_e and writes dvalue, dact and dgates;
+the weight and input gradients are three GEMMs over them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from mlit.kernels.moe_kernels import moe_hidden_bwd_kernel, moe_hidden_fwd_kernel
+
+BLOCK_N, BLOCK_H, BLOCK_D = 64, 32, 32
+
+
+def _grid(n: int, hid: int):
+    return (triton.cdiv(n, BLOCK_N), triton.cdiv(hid, BLOCK_H))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 stays exact; ignored for 16-bit
+
+
+def _check(x, gates, w, b, v, c) -> None:
+    N, D = x.shape
+    E, D_w, HID = w.shape
+    if gates.shape != (N, E) or D_w != D or b.shape != (E, HID) or v.shape != (HID, D) \
+            or c.shape != (HID,):
+        raise ValueError(f"triton expert mixture: shapes x{tuple(x.shape)} gates"
+                         f"{tuple(gates.shape)} W{tuple(w.shape)} b{tuple(b.shape)} "
+                         f"V{tuple(v.shape)} c{tuple(c.shape)} do not fit together")
+
+
+@torch.library.custom_op("mlit::moe_hidden", mutates_args=())
+def moe_hidden(x: torch.Tensor, gates: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+               v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    _check(x, gates, w, b, v, c)
+    N, D = x.shape
+    E, _, HID = w.shape
+    h = torch.empty(N, HID, device=x.device, dtype=x.dtype)
+    if N:
+        moe_hidden_fwd_kernel[_grid(N, HID)](
+            x, gates, w, b, v, c, h, N, D, HID, E, BLOCK_N=BLOCK_N, BLOCK_H=BLOCK_H,
+            BLOCK_D=BLOCK_D, PRECISION=_precision(x.dtype))
+    return h
+
+
+@moe_hidden.register_fake
+def _(x, gates, w, b, v, c):
+    return x.new_empty(x.shape[0], w.shape[2])
+
+
+@torch.library.custom_op("mlit::moe_hidden_backward", mutates_args=())
+def moe_hidden_backward(x: torch.Tensor, gates: torch.Tensor, w: torch.Tensor,
+                        b: torch.Tensor, v: torch.Tensor, c: torch.Tensor,
+                        dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The element-wise part of the backward: (dvalue (N,h), dact (N,E*h), dgates (N,E))."""
+    N, D = x.shape
+    E, _, HID = w.shape
+    grid = _grid(N, HID)
+    dvalue = torch.empty(N, HID, device=x.device, dtype=x.dtype)
+    dact = torch.zeros(N, E * HID, device=x.device, dtype=x.dtype)  # 0 where unrouted
+    dg_parts = torch.zeros(grid[1], N, E, device=x.device, dtype=torch.float32)
+    if N:
+        moe_hidden_bwd_kernel[grid](
+            x, gates, w, b, v, c, dh.contiguous(), dvalue, dact, dg_parts, N, D, HID, E,
+            BLOCK_N=BLOCK_N, BLOCK_H=BLOCK_H, BLOCK_D=BLOCK_D, PRECISION=_precision(x.dtype))
+    # partial sums per hidden tile, added in a fixed order: deterministic, no atomics
+    return dvalue, dact, dg_parts.sum(0).to(gates.dtype)
+
+
+@moe_hidden_backward.register_fake
+def _(x, gates, w, b, v, c, dh):
+    E, _, HID = w.shape
+    return (x.new_empty(x.shape[0], HID), x.new_empty(x.shape[0], E * HID),
+            gates.new_empty(gates.shape))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dh):
+    x, gates, w, b, v, c = ctx.saved_tensors
+    E, D, HID = w.shape
+    dvalue, dact, dgates = moe_hidden_backward(x, gates, w, b, v, c, dh)
+    w_cat = w.permute(1, 0, 2).reshape(D, E * HID)  # (D, E*h): [W_1 | ... | W_E]
+    dx = dvalue @ v + dact @ w_cat.t()
+    dw = (x.t() @ dact).view(D, E, HID).permute(1, 0, 2)
+    db = dact.sum(0).view(E, HID)
+    dv = dvalue.t() @ x
+    dc = dvalue.sum(0)
+    return dx, dgates, dw, db, dv, dc
+
+
+moe_hidden.register_autograd(_backward, setup_context=_setup_context)
+
+
+def triton_expert_mixture(x, gates, expert_weight, expert_bias, v_weight, v_bias, out_weight,
+                          out_bias):
+    """mlit.dispatch's contract on the Triton kernels. Under autocast the kernel runs in the
+    autocast dtype (custom ops are not autocast by themselves)."""
+    dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    x, w, b, v, c = (t.to(dtype).contiguous() for t in
+                     (x, expert_weight, expert_bias, v_weight, v_bias))
+    hidden = moe_hidden(x, gates.contiguous(), w, b, v, c)
+    return F.linear(hidden, out_weight, out_bias)

@@ -1,0 +1,108 @@
+"""Triton kernels for the shared-projection MoE hidden layer (SPEC 2; mlit/dispatch.py).
+
+For a tile of tokens and a tile of hidden units they compute
+
+    value = x V^T + c                       (shared by every expert)
+    a_e   = x W_e + b_e                     (only for experts routed in the tile)
+    H     = value * sum_e g_e * silu(a_e)   (the one activation written to memory)
+
+and, backwards, the element-wise part of the gradient (recomputing a_e rather than storing
+it): dvalue = dH * mixed, dact_e = dH * value * g_e * silu'(a_e), dg_e = sum_h dH * value *
+silu(a_e). The weight and input gradients are then plain GEMMs (cuBLAS) over those.
+
+Offsets are int64 (N * E * h can pass 2^31 at MAE batch sizes); widths that are not powers
+of two (27, 81, 144) are handled by masked tiles.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tile_matmul(x_ptr, w_ptr, offs_n, offs_h, mask_n, mask_h, D, stride_xn, stride_wd,
+                 stride_wh, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """(BLOCK_N, BLOCK_H) tile of x @ W, with W read as (D, HID) through its strides."""
+    acc = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        mask_d = offs_d < D
+        x = tl.load(x_ptr + offs_n[:, None] * stride_xn + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_d[:, None] * stride_wd + offs_h[None, :] * stride_wh,
+                    mask=mask_d[:, None] & mask_h[None, :], other=0.0)
+        acc += tl.dot(x, w, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def moe_hidden_fwd_kernel(
+    X, G, W, B, V, C, H,  # x (N,D), gates (N,E), W (E,D,HID), b (E,HID), V (HID,D), c (HID), H (N,HID)
+    N, D, HID, E,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_n, pid_h = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_h = pid_h.to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_n, mask_h = offs_n < N, offs_h < HID
+
+    # value = x V^T + c: V is (HID, D) row-major, read transposed through its strides
+    value = _tile_matmul(X, V, offs_n, offs_h, mask_n, mask_h, D, D, 1, D,
+                         BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
+    value += tl.load(C + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+
+    mixed = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
+    for e in range(E):
+        g = tl.load(G + offs_n * E + e, mask=mask_n, other=0.0).to(tl.float32)
+        if tl.max(g, axis=0) > 0:  # skip experts that no token of this tile chose
+            a = _tile_matmul(X, W + e * D * HID, offs_n, offs_h, mask_n, mask_h, D, D, HID, 1,
+                             BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
+            a += tl.load(B + e * HID + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+            mixed += g[:, None] * (a * tl.sigmoid(a))
+
+    out = value * mixed
+    tl.store(H + offs_n[:, None] * HID + offs_h[None, :], out.to(H.dtype.element_ty),
+             mask=mask_n[:, None] & mask_h[None, :])
+
+
+@triton.jit
+def moe_hidden_bwd_kernel(
+    X, G, W, B, V, C, DH,  # as forward, plus dH (N,HID)
+    DVALUE, DACT, DG,  # dvalue (N,HID), dact (N,E*HID) zero-filled, dg partials (tiles_h,N,E) zero-filled
+    N, D, HID, E,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_n, pid_h = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_h = pid_h.to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_n, mask_h = offs_n < N, offs_h < HID
+    mask = mask_n[:, None] & mask_h[None, :]
+
+    value = _tile_matmul(X, V, offs_n, offs_h, mask_n, mask_h, D, D, 1, D,
+                         BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
+    value += tl.load(C + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    dh = tl.load(DH + offs_n[:, None] * HID + offs_h[None, :], mask=mask, other=0.0)
+    dmixed = dh.to(tl.float32) * value  # dL/d(sum_e g_e silu(a_e))
+
+    mixed = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
+    for e in range(E):
+        g = tl.load(G + offs_n * E + e, mask=mask_n, other=0.0).to(tl.float32)
+        if tl.max(g, axis=0) > 0:
+            a = _tile_matmul(X, W + e * D * HID, offs_n, offs_h, mask_n, mask_h, D, D, HID, 1,
+                             BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
+            a += tl.load(B + e * HID + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+            sig = tl.sigmoid(a)
+            act = a * sig
+            mixed += g[:, None] * act
+            # gate gradient: only where routed (the contract of mlit.dispatch)
+            dg = tl.where(g > 0, tl.sum(dmixed * act, axis=1), 0.0)
+            tl.store(DG + pid_h.to(tl.int64) * N * E + offs_n * E + e, dg, mask=mask_n)
+            dact = dmixed * g[:, None] * (sig * (1.0 + a * (1.0 - sig)))  # silu'
+            tl.store(DACT + offs_n[:, None] * (E * HID) + e * HID + offs_h[None, :],
+                     dact.to(DACT.dtype.element_ty), mask=mask)
+
+    dvalue = dh.to(tl.float32) * mixed
+    tl.store(DVALUE + offs_n[:, None] * HID + offs_h[None, :],
+             dvalue.to(DVALUE.dtype.element_ty), mask=mask)

@@ -1,0 +1,137 @@
+"""The Triton expert dispatch against the PyTorch reference: output and every gradient.
+On a machine without a GPU this runs the kernels in Triton's interpreter (float32)."""
+
+import pytest
+import torch
+
+import mlit
+from mlit.dispatch import expert_mixture
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def routed_inputs(N, d, h, E, k=2, avoid=None, seed=0):
+    """Tokens, top-k softmax gates and weights; `avoid=(e, n)` keeps the first n tokens (a
+    whole tile) away from expert e."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, d, generator=g)
+    logits = torch.randn(N, E, generator=g)
+    if avoid is not None:
+        logits[: avoid[1], avoid[0]] = -1e9
+    vals, idx = logits.topk(k, dim=1)
+    gates = torch.zeros(N, E).scatter(1, idx, vals.softmax(1))
+    weights = [torch.randn(E, d, h, generator=g) * d**-0.5, torch.randn(E, h, generator=g),
+               torch.randn(h, d, generator=g) * d**-0.5, torch.randn(h, generator=g),
+               torch.randn(d, h, generator=g) * h**-0.5, torch.randn(d, generator=g)]
+    return [t.to(DEVICE) for t in (x, gates, *weights)]
+
+
+def output_and_grads(impl, inputs):
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    y = expert_mixture(*leaves, impl=impl)
+    upstream = torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)
+    (y * upstream).sum().backward()
+    grads = [l.grad for l in leaves]
+    grads[1] = grads[1] * (inputs[1] > 0)  # gate gradients count where routed (the contract)
+    return [y.detach(), *grads]
+
+
+NAMES = ["y", "dx", "dgates", "dW", "db", "dV", "dc", "dW2", "db2"]
+SHAPES = {  # (N, d, h, E)
+    "tiny": (10, 16, 8, 3),
+    "odd_widths": (37, 27, 13, 4),
+    "mlit_s_first_layer": (150, 144, 144, 3),
+    "mlit_s_last_layer": (145, 144, 72, 5),
+    "mlit_xxs_last_layer": (70, 108, 27, 5),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_triton_matches_reference_output_and_every_gradient(shape):
+    inputs = routed_inputs(*shape)
+    ref, got = output_and_grads("torch", inputs), output_and_grads("triton", inputs)
+    for name, a, b in zip(NAMES, ref, got):
+        torch.testing.assert_close(b, a, atol=2e-4, rtol=1e-4, msg=name)
+
+
+def test_tokens_routed_to_no_expert_of_a_tile():
+    """The first 64-token tile never picks expert 1 (the kernel skips it there), the second
+    tile does; and expert 3 is chosen by nobody at all."""
+    N, d, h, E = 128, 32, 40, 4
+    inputs = routed_inputs(N, d, h, E, avoid=(1, 64))
+    gates = inputs[1]
+    gates[:, 3] = 0
+    inputs[1] = gates / gates.sum(1, keepdim=True)
+    assert (inputs[1][:64, 1] == 0).all() and (inputs[1][64:, 1] > 0).any()
+    ref, got = output_and_grads("torch", inputs), output_and_grads("triton", inputs)
+    for name, a, b in zip(NAMES, ref, got):
+        torch.testing.assert_close(b, a, atol=2e-4, rtol=1e-4, msg=name)
+    assert (got[3][3] == 0).all() and (got[4][3] == 0).all()  # unused expert: no gradient
+
+
+def test_custom_op_registration_passes_opcheck():
+    """Schema, fake (meta) implementation and autograd registration: what torch.compile needs."""
+    from mlit.kernels.moe import moe_hidden
+
+    x, gates, w, b, v, c, *_ = routed_inputs(20, 16, 8, 3)
+    args = (x.requires_grad_(), gates, w.requires_grad_(), b, v, c)
+    torch.library.opcheck(moe_hidden, args,
+                          test_utils=("test_schema", "test_autograd_registration",
+                                      "test_faketensor"))
+
+
+def test_model_with_triton_dispatch_equals_torch_dispatch():
+    torch.manual_seed(0)
+    ref = mlit.create_model("mlit_micro", num_classes=10, moe_impl="torch",
+                            expert_dropout=0.0).to(DEVICE).eval()
+    tri = mlit.create_model("mlit_micro", num_classes=10, moe_impl="triton",
+                            expert_dropout=0.0).to(DEVICE).eval()
+    tri.load_state_dict(ref.state_dict())
+    imgs = torch.randn(4, 3, 12, 12, device=DEVICE)
+    (la, _), (lb, _) = ref(imgs), tri(imgs)
+    torch.testing.assert_close(lb, la, atol=1e-4, rtol=1e-4)
+    la.square().sum().backward()
+    lb.square().sum().backward()
+    for (name, pa), pb in zip(ref.named_parameters(), tri.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_shape_mismatch_is_a_clear_error():
+    from mlit.kernels.moe import moe_hidden
+
+    x, gates, w, b, v, c, *_ = routed_inputs(8, 16, 8, 3)
+    with pytest.raises(ValueError, match="do not fit together"):
+        moe_hidden(x, gates[:, :2], w, b, v, c)
+
+
+def test_model_with_triton_dispatch_compiles_as_one_graph():
+    """torch.compile traces the custom op through its fake implementation (aot_eager keeps
+    CI free of a C++ build; inductor uses the same trace)."""
+    model = mlit.create_model("mlit_micro", num_classes=10, moe_impl="triton",
+                              expert_dropout=0.0).to(DEVICE).train()
+    ref = mlit.create_model("mlit_micro", num_classes=10, moe_impl="torch",
+                            expert_dropout=0.0).to(DEVICE).train()
+    ref.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    imgs = torch.randn(4, 3, 12, 12, device=DEVICE)
+    results = []
+    for net in (compiled, ref):
+        torch.manual_seed(1)  # the same gate noise
+        logits, aux = net(imgs)
+        (logits.square().sum() + aux).backward()
+        results.append((logits, aux))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1])
+    for (name, pa), pb in zip(ref.named_parameters(), model.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_auto_picks_triton_on_cuda_and_torch_elsewhere():
+    from mlit.dispatch import resolve_impl
+
+    assert resolve_impl("auto", torch.empty(1)) == "torch"
+    assert resolve_impl("auto", torch.empty(1, device="meta")) == "torch"
+    assert resolve_impl("dense", torch.empty(1)) == "dense"
+    if torch.cuda.is_available():
+        assert resolve_impl("auto", torch.empty(1, device="cuda")) == "triton"
