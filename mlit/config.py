@@ -2,9 +2,10 @@
 
     recipe = load_recipe("recipes/mmlit_s.yaml", ["finetune.epochs=10", "train.amp=bf16"])
 
-A recipe has up to three stages, run in this order: `pretrain` (MAE), then `finetune`
-(classification from a pre-trained encoder: the `pretrain` stage of the same recipe or
-`finetune.init`), or `supervised` (classification from scratch). Any bad key, type or value
+A recipe has up to three stages, run in this order: a pre-training stage, `pretrain` (MAE)
+or `simclr` (contrastive), then `finetune` (classification from a pre-trained encoder: the
+pre-training stage of the same recipe or `finetune.init`), or `supervised` (classification
+from scratch). Any bad key, type or value
 raises RecipeError with one line that names the key.
 """
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mlit.model_config import MLiTConfig
 from mlit.registry import model_config
 
-STAGE_ORDER = ("pretrain", "finetune", "supervised")
+STAGE_ORDER = ("pretrain", "simclr", "finetune", "supervised")
 
 
 class RecipeError(ValueError):
@@ -41,6 +42,8 @@ class Augment(Strict):
     random_erasing: float = Field(0.0, ge=0, le=1)  # probability
     mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha); 0 is off
     cutmix: float = Field(0.0, ge=0)  # Beta(alpha, alpha); 0 is off
+    color_jitter: float = Field(0.0, ge=0)  # SimCLR's strength s: jitter(0.8s, 0.8s, 0.8s, 0.2s), p=0.8
+    grayscale: float = Field(0.0, ge=0, le=1)  # probability
 
 
 class Stage(Strict):
@@ -64,7 +67,11 @@ class Stage(Strict):
     head_seed: Optional[int] = None  # own generator for the head's initial weights
     eval_every: int = Field(1, ge=1)  # epochs
     checkpoint_every: int = Field(10, ge=1)  # epochs; the last epoch is always written
-    keep_every_checkpoint: bool = False  # keep checkpoint_epoch####.pt files (zoo)
+    # model-zoo bookkeeping (seed 001): evaluate the untrained model as epoch 0, measure train
+    # accuracy in eval mode without augmentation, keep checkpoint_0000XY/ for every epoch
+    eval_at_start: bool = False
+    eval_train: bool = False
+    epoch_checkpoints: bool = False
 
     @model_validator(mode="after")
     def _warmup_fits(self):
@@ -101,6 +108,7 @@ class Recipe(Strict):
     data: Data = Data()
     train: Train = Train()
     pretrain: Optional[Stage] = None
+    simclr: Optional[Stage] = None
     finetune: Optional[Stage] = None
     supervised: Optional[Stage] = None
 
@@ -110,11 +118,17 @@ class Recipe(Strict):
             raise ValueError("a recipe needs at least one of pretrain, finetune, supervised")
         if self.finetune and self.supervised:
             raise ValueError("finetune and supervised exclude each other: pick one")
-        if self.finetune and not (self.pretrain or self.finetune.init):
+        if self.pretrain and self.simclr:
+            raise ValueError("pretrain and simclr exclude each other: pick one pre-training")
+        if self.finetune and not (self.pretraining_stage() or self.finetune.init):
             raise ValueError("finetune needs a pretrain stage or finetune.init=<checkpoint>")
-        if self.pretrain and self.pretrain.layer_decay != 1.0:
-            raise ValueError("pretrain.layer_decay applies to classifiers only; leave it 1.0")
+        for kind in ("pretrain", "simclr"):
+            if getattr(self, kind) and getattr(self, kind).layer_decay != 1.0:
+                raise ValueError(f"{kind}.layer_decay applies to classifiers only; leave it 1.0")
         return self
+
+    def pretraining_stage(self) -> Optional[str]:
+        return "pretrain" if self.pretrain else "simclr" if self.simclr else None
 
     def stages(self) -> list[tuple[str, Stage]]:
         return [(s, getattr(self, s)) for s in STAGE_ORDER if getattr(self, s) is not None]

@@ -13,6 +13,7 @@ from torch import nn
 from mlit.encoder import MLiT, patchify, unpatchify
 from mlit.mae import MaskedAutoEncoder
 from mlit.moe import MoELayer
+from mlit.simclr import SimCLR
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,13 +77,24 @@ class StepTracker:
         return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
 
 
+def to_device(images, device):
+    """A batch of images, or SimCLR's pair of views joined into one (2B, C, H, W) batch."""
+    if isinstance(images, (list, tuple)):
+        images = torch.cat(images)
+    return images.to(device, non_blocking=True)
+
+
 def loss_parts(model: nn.Module, images, targets, label_smoothing: float = 0.0):
-    """The stage's objective and its parts. Classifiers: CE + w_moe * L_moe; MAE: SPEC 4."""
-    if isinstance(model, MaskedAutoEncoder) or isinstance(getattr(model, "_orig_mod", None),
-                                                          MaskedAutoEncoder):
+    """The stage's objective and its parts. Classifiers: CE + w_moe * L_moe; MAE: SPEC 4;
+    SimCLR: InfoNCE + w_moe * L_moe."""
+    kind = type(getattr(model, "_orig_mod", model))  # torch.compile wraps the module
+    if kind is MaskedAutoEncoder:
         out = model(images)
         return {"loss": out.loss, "masked": out.masked_loss, "unmasked": out.unmasked_loss,
                 "moe": out.moe_loss}
+    if kind is SimCLR:
+        out = model(images)
+        return {"loss": out.loss, "contrastive": out.contrastive_loss, "moe": out.moe_loss}
     logits, moe = model(images)
     ce = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
     w_moe = model.cfg.moe_loss_weight
@@ -111,32 +123,39 @@ def expert_load(model: nn.Module) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
-    """Classifiers: top-1 accuracy (a fraction) and cross-entropy; MAE: the losses on a
-    fixed mask per batch (seeded generator), so runs compare."""
+    """Classifiers: top-1 accuracy (a fraction) and cross-entropy. MAE: its losses on a fixed
+    mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare."""
     was_training = model.training
     model.eval()
     device = precision.device
-    total, correct, loss_sum = 0, 0, 0.0
+    total, correct = 0, 0
     sums: dict[str, float] = {}
     gen = torch.Generator(device=device).manual_seed(0)
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with precision.autocast():
-            if isinstance(model, MLiT):
-                logits, _ = model(images)
-                loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-                correct += int((logits.argmax(1) == targets).sum())
-            else:
-                out = model(images, generator=gen)
-                for k, v in (("loss", out.loss), ("masked", out.masked_loss),
-                             ("unmasked", out.unmasked_loss)):
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(images)
-        total += len(images)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)  # SimCLR's evaluation views
+        for images, targets in loader:
+            images = to_device(images, device)
+            targets = targets.to(device, non_blocking=True)
+            n = len(targets)
+            with precision.autocast():
+                if isinstance(model, MLiT):
+                    logits, _ = model(images)
+                    parts = {"loss": F.cross_entropy(logits.float(), targets)}
+                    correct += int((logits.argmax(1) == targets).sum())
+                elif isinstance(model, MaskedAutoEncoder):
+                    out = model(images, generator=gen)
+                    parts = {"loss": out.loss, "masked": out.masked_loss,
+                             "unmasked": out.unmasked_loss}
+                else:
+                    parts = {"loss": model(images).contrastive_loss}
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            total += n
     model.train(was_training)
+    metrics = {k: v / total for k, v in sums.items()}
     if isinstance(model, MLiT):
-        return {"acc": correct / total, "loss": loss_sum / total}
-    return {k: v / total for k, v in sums.items()}
+        metrics = {"acc": correct / total, **metrics}
+    return metrics
 
 
 @torch.no_grad()

@@ -53,6 +53,9 @@ class MLiTConfig:
     mask_ratio: float = 0.75
     unmasked_loss_weight: float = 0.1
     norm_pix_loss: bool = False  # MAE's per-patch normalised target; off in the paper
+    # SimCLR pre-training (zoo variant): projection MLP width and InfoNCE temperature
+    simclr_projection_dim: int = 128
+    simclr_temperature: float = 0.2
 
     def __post_init__(self) -> None:
         self.expert_stages = tuple(int(e) for e in self.expert_stages)
@@ -101,7 +104,8 @@ class MLiTConfig:
         for name in ("image_size", "patch_size", "in_channels", "embed_dim", "depth",
                      "num_heads", "num_kv_groups", "top_k", "num_classes", "head_hidden",
                      "decoder_embed_dim", "decoder_depth", "decoder_num_heads",
-                     "decoder_num_kv_groups", "decoder_num_experts"):
+                     "decoder_num_kv_groups", "decoder_num_experts",
+                     "simclr_projection_dim"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name,
                  "must be a positive integer")
         need(self.hidden_first >= 1, "hidden_first", "hidden size must be at least 1")
@@ -128,6 +132,7 @@ class MLiTConfig:
         for name in ("expert_dropout", "drop_path"):
             need(0.0 <= getattr(self, name) < 1.0, name, "must be in [0, 1)")
         need(0.0 <= self.mask_ratio < 1.0, "mask_ratio", "must be in [0, 1)")
+        need(self.simclr_temperature > 0, "simclr_temperature", "must be positive")
         need(self.head in HEADS, "head", f"must be one of {', '.join(HEADS)}")
         need(self.moe_impl in MOE_IMPLS, "moe_impl", f"must be one of {', '.join(MOE_IMPLS)}")
         for name in ("importance_weight", "load_weight", "moe_loss_weight",

@@ -21,12 +21,13 @@ from tqdm import tqdm
 from mlit import checkpoint as ckpt
 from mlit.config import Recipe, RecipeError, Stage, load_recipe, recipe_to_yaml
 from mlit.data.datasets import INFO, DatasetMissing
-from mlit.data.loaders import epoch_seed, test_loader, train_loader
+from mlit.data.loaders import epoch_seed, eval_loader, train_loader
 from mlit.data.transforms import batch_mixing
 from mlit.encoder import MLiT, build_head
 from mlit.engine import (NonFiniteLoss, Precision, StepTracker, evaluate, expert_load,
-                         reconstruction_grid, select_precision, train_step)
+                         reconstruction_grid, select_precision, to_device, train_step)
 from mlit.mae import MaskedAutoEncoder
+from mlit.simclr import SimCLR
 from mlit.optim import build_optimizer, lr_at, set_lr
 
 
@@ -44,6 +45,8 @@ def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dic
     ckpt.seed_everything(recipe.train.seed)
     if kind == "pretrain":
         return MaskedAutoEncoder(cfg)
+    if kind == "simclr":
+        return SimCLR(cfg)
     model = MLiT(cfg)
     if stage.head_seed is not None:
         with torch.random.fork_rng(devices=[]):
@@ -55,23 +58,31 @@ def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dic
 
 
 class StageRun:
-    """One stage: its model, optimiser, schedule, loaders, checkpoints and logs."""
+    """One stage: its model, optimiser, schedule, loaders, checkpoints and logs. The zoo
+    places a run's files with `stage_dir` and `metrics_path`."""
 
     def __init__(self, recipe: Recipe, kind: str, stage: Stage, out: Path,
-                 precision: Precision, writer, encoder_init: dict | None = None):
+                 precision: Precision, writer, encoder_init: dict | None = None,
+                 stage_dir: Path | None = None, metrics_path: Path | None = None):
         self.recipe, self.kind, self.stage, self.precision = recipe, kind, stage, precision
-        self.dir = out / kind
-        self.metrics_path = out / "metrics.jsonl"
+        self.dir = stage_dir or out / kind
+        self.metrics_path = metrics_path or out / "metrics.jsonl"
         self.writer = writer
         self.model = build_stage_model(recipe, kind, stage, encoder_init).to(precision.device)
         self.optimizer = build_optimizer(self.model, stage)
         self.scaler = precision.scaler()
         size = self.model.cfg.image_size
         pin = precision.device.type == "cuda"
-        self.train_loader = train_loader(recipe.data, stage.augment, size, stage.batch_size, pin)
-        self.test_loader = test_loader(recipe.data, size, stage.batch_size, pin)
-        self.mixing = (None if kind == "pretrain" else
-                       batch_mixing(stage.augment, self.model.cfg.num_classes))
+        classifier = isinstance(self.model, MLiT)
+        simclr = kind == "simclr"
+        self.train_loader = train_loader(recipe.data, stage.augment, size, stage.batch_size, pin,
+                                         two_views=simclr)
+        self.test_loader = eval_loader(recipe.data, size, stage.batch_size, pin,
+                                       two_views_aug=stage.augment if simclr else None)
+        self.train_eval_loader = (eval_loader(recipe.data, size, stage.batch_size, pin, train=True)
+                                  if stage.eval_train and classifier else None)
+        self.mixing = (batch_mixing(stage.augment, self.model.cfg.num_classes)
+                       if classifier else None)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = stage.epochs * self.steps_per_epoch
         self.warmup_steps = round(stage.warmup_epochs * self.steps_per_epoch)
@@ -88,13 +99,16 @@ class StageRun:
                  "rng": ckpt.rng_state(), "result": self.result, "kind": self.kind,
                  "model_config": vars(self.model.cfg)}
         ckpt.save_atomic(state, self.last_path)
-        if self.stage.keep_every_checkpoint:
-            ckpt.save_atomic({"model": state["model"], "epoch": self.epoch},
-                             self.dir / f"checkpoint_epoch{self.epoch:04d}.pt")
+
+    def save_epoch_checkpoint(self) -> None:
+        """The zoo keeps every epoch's weights: checkpoint_0000XY/model.pt."""
+        ckpt.save_atomic({"model": self.model.state_dict(), "epoch": self.epoch},
+                         self.dir / f"checkpoint_{self.epoch:06d}" / "model.pt")
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True when the stage had finished."""
         if not self.last_path.exists():
+            self.truncate_metrics(after=-1)  # a fresh start: forget any earlier attempt
             return False
         state = ckpt.load(self.last_path, map_location=self.precision.device)
         self.model.load_state_dict(state["model"])
@@ -102,16 +116,17 @@ class StageRun:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.result = state["epoch"], state["step"], state["result"]
         ckpt.set_rng_state(state["rng"])
-        self.truncate_metrics()
+        self.truncate_metrics(after=self.epoch)
         return self.epoch >= self.stage.epochs
 
-    def truncate_metrics(self) -> None:
-        """Drop metric lines of epochs after the checkpoint (a run killed between the two)."""
+    def truncate_metrics(self, after: int) -> None:
+        """Drop this stage's metric lines of epochs after `after`, written by a run that was
+        killed before its next checkpoint."""
         if not self.metrics_path.exists():
             return
         lines = self.metrics_path.read_text().splitlines()
         keep = [l for l in lines if not ((r := json.loads(l))["stage"] == self.kind
-                                         and r["epoch"] > self.epoch)]
+                                         and r["epoch"] > after)]
         self.metrics_path.write_text("".join(l + "\n" for l in keep))
 
     # -- training ---------------------------------------------------------------------------
@@ -122,7 +137,7 @@ class StageRun:
         self.train_loader.generator.manual_seed(seed)  # shuffling and worker seeds
         tracker, device = StepTracker(), self.precision.device
         for images, targets in self.train_loader:
-            images = images.to(device, non_blocking=True)
+            images = to_device(images, device)
             targets = targets.to(device, non_blocking=True)
             if self.mixing is not None:
                 images, targets = self.mixing(images, targets)
@@ -149,9 +164,13 @@ class StageRun:
                                     self.step)
 
     def evaluate(self) -> dict:
-        metrics = evaluate(self.model, self.test_loader, self.precision)
+        metrics = {f"test_{k}": v for k, v in
+                   evaluate(self.model, self.test_loader, self.precision).items()}
+        if self.train_eval_loader is not None:  # eval mode, no augmentation, no MixUp
+            train = evaluate(self.model, self.train_eval_loader, self.precision)
+            metrics.update({"train_acc": train["acc"], "train_eval_loss": train["loss"]})
         for k, v in metrics.items():
-            self.writer.add_scalar(f"{self.kind}/test_{k}", v, self.step)
+            self.writer.add_scalar(f"{self.kind}/{k}", v, self.step)
         if self.kind == "pretrain":
             info = INFO[self.recipe.data.dataset]
             images = next(iter(self.test_loader))[0][:8].to(self.precision.device)
@@ -159,7 +178,18 @@ class StageRun:
             from torchvision.utils import make_grid
             self.writer.add_image(f"{self.kind}/reconstructions", make_grid(grid, nrow=3),
                                   self.step)
-        return {f"test_{k}": v for k, v in metrics.items()}
+        return metrics
+
+    def write_record(self, record: dict) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def record_start(self) -> None:
+        """Epoch 0: the model before any training (zoo)."""
+        record = {"stage": self.kind, "epoch": 0, "step": 0, **self.evaluate()}
+        self.write_record(record)
+        if self.stage.epoch_checkpoints:
+            self.save_epoch_checkpoint()
 
     def run(self) -> dict:
         """Train the remaining epochs; returns the stage's result."""
@@ -171,6 +201,8 @@ class StageRun:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.kind, unit="step",
                    disable=not self.recipe.train.progress, dynamic_ncols=True, mininterval=2)
         start = time.time()
+        if self.epoch == 0 and self.stage.eval_at_start:
+            self.record_start()
         with bar:
             while self.epoch < last_epoch:
                 train_metrics = self.run_epoch(bar)
@@ -181,10 +213,11 @@ class StageRun:
                 if done or self.epoch % self.stage.eval_every == 0:
                     record.update(self.evaluate())
                 record["time_s"] = round(time.time() - start, 2)
-                self.result = {k: v for k, v in record.items() if k.startswith("test_")} or \
-                    self.result
-                with self.metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                self.result = {k: v for k, v in record.items()
+                               if k.startswith("test_") or k == "train_acc"} or self.result
+                if self.stage.epoch_checkpoints:
+                    self.save_epoch_checkpoint()
+                self.write_record(record)
                 bar.write(f"[{self.kind}] epoch {self.epoch}/{self.stage.epochs} " + " ".join(
                     f"{k}={v:.4g}" for k, v in record.items()
                     if k.startswith(("train_loss", "test_")) or k == "train_lr"))
@@ -221,7 +254,7 @@ def run(recipe: Recipe) -> dict:
     try:
         for kind, stage in recipe.stages():
             if kind == "finetune":
-                source = stage.init or out / "pretrain" / "checkpoint.pt"
+                source = stage.init or out / recipe.pretraining_stage() / "checkpoint.pt"
                 encoder_init = ckpt.encoder_state(ckpt.load(source))
             stage_run = StageRun(recipe, kind, stage, out, precision, writer, encoder_init)
             try:

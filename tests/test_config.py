@@ -8,7 +8,7 @@ from mlit.config import RecipeError, load_recipe
 from mlit.train import main
 
 ROOT = Path(__file__).parents[1]
-RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if not p.stem.startswith("zoo"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)

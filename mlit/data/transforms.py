@@ -22,12 +22,27 @@ def train_transform(aug: Augment, size: int, mean, std) -> v2.Compose:
         steps.append(v2.RandomHorizontalFlip())
     if aug.rotation:
         steps.append(v2.RandomRotation(aug.rotation))
+    if aug.color_jitter:
+        s = aug.color_jitter
+        steps.append(v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8))
+    if aug.grayscale:
+        steps.append(v2.RandomGrayscale(p=aug.grayscale))
     if aug.auto_augment:
         steps.append(v2.AutoAugment(POLICIES[aug.auto_augment]))
     steps += to_normalized_tensor(mean, std)
     if aug.random_erasing:
         steps.append(v2.RandomErasing(p=aug.random_erasing))
     return v2.Compose(steps)
+
+
+class TwoViews:
+    """Two independent augmentations of one image (SimCLR)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(img), self.transform(img)
 
 
 def eval_transform(size: int, mean, std) -> v2.Compose:

@@ -1,0 +1,101 @@
+"""Model zoos of mLiT (seed 001; SPEC 6).
+
+    python -m mlit.zoo plan recipes/zoo.yaml [--json]
+    python -m mlit.zoo run recipes/zoo.yaml [--zoo-dir DIR] [--shard i/n] [--launcher ray]
+    python -m mlit.zoo status DIR [--json]
+
+`run` trains what is missing, skips what is complete and resumes what was interrupted.
+On Slurm: one array over `--phase pretraining --shard $SLURM_ARRAY_TASK_ID/N`, then one that
+depends on it over `--phase finetuning`. Overrides (key=value) follow the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mlit.config import RecipeError
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m mlit.zoo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="list every run and its factors")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--json", action="store_true")
+    r = sub.add_parser("run", help="train the missing runs")
+    r.add_argument("recipe")
+    r.add_argument("overrides", nargs="*")
+    r.add_argument("--zoo-dir", help="default zoos/<recipe name>")
+    r.add_argument("--shard", default="0/1", help="i/n: run the i-th of n slices (0-based)")
+    r.add_argument("--phase", choices=["all", "pretraining", "finetuning"], default="all")
+    r.add_argument("--launcher", choices=["local", "ray"], default="local")
+    r.add_argument("--ray-address", default=None, help="an existing cluster, e.g. auto")
+    r.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray cluster")
+    s = sub.add_parser("status", help="done / running / failed per run")
+    s.add_argument("zoo_dir")
+    s.add_argument("--json", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    from mlit.zoo.plan import parse_shard, plan, shard
+    from mlit.zoo.recipe import load_zoo_recipe
+
+    try:
+        if args.command == "status":
+            from mlit.zoo.launchers import summarize
+
+            if not Path(args.zoo_dir).is_dir():
+                raise RecipeError(f"{args.zoo_dir}: no such zoo folder")
+            states = summarize(args.zoo_dir)
+            if args.json:
+                print(json.dumps(states, indent=2))
+            else:
+                total = sum(len(v) for v in states.values())
+                print(f"{args.zoo_dir}: {total} models; " + ", ".join(
+                    f"{len(v)} {k}" for k, v in sorted(states.items())))
+                for state in ("failed", "interrupted", "running"):
+                    for path in states.get(state, []):
+                        print(f"  {state:<11} {path}")
+            return 0
+        zoo = load_zoo_recipe(args.recipe, args.overrides)
+        if args.command == "plan":
+            runs = plan(zoo)
+            if args.json:
+                print(json.dumps([r.as_dict() for r in runs], indent=1))
+            else:
+                for r in runs:
+                    print(r.path)
+                print(f"{len(runs)} runs", file=sys.stderr)
+            return 0
+        zoo_dir = Path(args.zoo_dir or Path("zoos") / zoo.name)
+        runs = shard(plan(zoo, zoo_dir), *parse_shard(args.shard))
+        if args.phase != "all":
+            runs = [r for r in runs if (r.backbone is None) == (args.phase == "pretraining")]
+        if args.launcher == "ray":
+            from mlit.zoo.launchers import run_ray
+
+            outcome = run_ray(zoo_dir, runs, args.ray_address, args.ray_cpus)
+        else:
+            from mlit.zoo.runner import run_local
+
+            outcome = run_local(zoo_dir, runs)
+    except (RecipeError, ValueError, RuntimeError) as err:
+        print(f"mlit.zoo: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: len(v) for k, v in outcome.items()}), file=sys.stderr)
+    if outcome.get("waiting"):
+        print(f"mlit.zoo: {len(outcome['waiting'])} fine-tunes wait for backbones that are "
+              "not done (another shard's, or failed); run again once they are",
+              file=sys.stderr)
+    return 1 if outcome.get("failed") else 3 if outcome.get("waiting") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The zoo on disk (seed 001): pretraining/<model>/ and finetuning/<pretrained>/<model>/,
+each with config.json, result.json (one JSON line per epoch, epoch 0 before training),
+checkpoint_0000XY/model.pt for every epoch, and status.json (ours: running, done, failed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from mlit import checkpoint as ckpt
+
+
+def model_dirs(zoo_dir: str | Path) -> list[Path]:
+    zoo_dir = Path(zoo_dir)
+    return sorted(p.parent for p in zoo_dir.glob("*ing/**/config.json"))
+
+
+def read_results(model_dir: Path) -> list[dict]:
+    path = Path(model_dir) / "result.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def epochs_saved(model_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in Path(model_dir).glob("checkpoint_*")
+                  if (p / "model.pt").exists())
+
+
+def load(zoo_dir: str | Path, model: str, epoch: int | None = None):
+    """(config, results, state_dict) of a zoo model at an epoch (default: the last saved).
+    `model` is its path in the zoo, e.g. 'finetuning/mae_seed0/ft_lr1e-03_adamw_linear_seed1'."""
+    model_dir = Path(zoo_dir) / model
+    config_path = model_dir / "config.json"
+    if not config_path.exists():
+        raise ckpt.CheckpointMissing(f"no zoo model at {model_dir} (no config.json)")
+    saved = epochs_saved(model_dir)
+    if epoch is None:
+        if not saved:
+            raise ckpt.CheckpointMissing(f"{model_dir} has no checkpoint yet")
+        epoch = saved[-1]
+    state = ckpt.load(model_dir / f"checkpoint_{epoch:06d}" / "model.pt")["model"]
+    return json.loads(config_path.read_text()), read_results(model_dir), state
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def set_status(model_dir: Path, state: str, **extra) -> None:
+    write_json(model_dir / "status.json", {"state": state, "host": socket.gethostname(),
+                                           "pid": os.getpid(), "time": time.time(), **extra})
+
+
+def status(model_dir: Path) -> str:
+    """done, running, failed, interrupted (a run that died without a word) or pending."""
+    path = Path(model_dir) / "status.json"
+    if not path.exists():
+        return "pending"
+    info = json.loads(path.read_text())
+    if info["state"] == "running" and info["host"] == socket.gethostname():
+        try:
+            os.kill(info["pid"], 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except PermissionError:
+            pass
+    return info["state"]

@@ -1,0 +1,84 @@
+"""Train zoo runs through the runner's own StageRun: what is complete is skipped, what was
+interrupted resumes from its last epoch, and each run's files follow the zoo layout."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from mlit import checkpoint as ckpt
+from mlit.config import recipe_to_yaml
+from mlit.engine import select_precision
+from mlit.train import StageRun, select_device
+from mlit.zoo import layout
+from mlit.zoo.plan import ZooRun
+
+
+def write_config(model_dir: Path, run: ZooRun) -> None:
+    """config.json: the run's factors and every setting it trains with."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    recipe = run.recipe
+    layout.write_json(model_dir / "config.json", {
+        "name": run.name, "path": run.path, "stage": run.kind, "backbone": run.backbone,
+        "factors": run.factors, "model": vars(recipe.model_settings()) | {
+            "name": recipe.model["name"]},
+        "recipe": recipe.model_dump(mode="json", exclude_none=True)})
+    (model_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+
+
+def run_one(zoo_dir: str | Path, run: ZooRun) -> str:
+    """Train (or finish) one zoo model; returns its final state: done or failed."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    zoo_dir = Path(zoo_dir)
+    model_dir = zoo_dir / run.path
+    if layout.status(model_dir) == "done":
+        return "done"
+    write_config(model_dir, run)
+    layout.set_status(model_dir, "running")
+    recipe = run.recipe
+    stage = getattr(recipe, run.kind)
+    try:
+        precision = select_precision(select_device(recipe.train.device), recipe.train.amp)
+        encoder_init = None
+        if run.kind == "finetune":
+            encoder_init = ckpt.encoder_state(ckpt.load(stage.init))
+        with SummaryWriter(str(model_dir / "tb")) as writer:
+            result = StageRun(recipe, run.kind, stage, model_dir, precision, writer,
+                              encoder_init, stage_dir=model_dir,
+                              metrics_path=model_dir / "result.json").run()
+    except Exception as err:  # recorded for `zoo status`; the other runs go on
+        layout.set_status(model_dir, "failed", error=f"{type(err).__name__}: {err}",
+                          traceback=traceback.format_exc(limit=5))
+        print(f"[zoo] {run.path}: failed: {err}", file=sys.stderr)
+        return "failed"
+    if result.get("epoch", 0) < stage.epochs:  # train.stop_after_epochs ended it early
+        layout.set_status(model_dir, "interrupted", epoch=result.get("epoch"))
+        return "interrupted"
+    layout.set_status(model_dir, "done", result=result)
+    return "done"
+
+
+def runnable(zoo_dir: Path, run: ZooRun) -> bool:
+    """A fine-tune can start once its backbone is done."""
+    return run.backbone is None or layout.status(zoo_dir / run.backbone) == "done"
+
+
+def run_local(zoo_dir: str | Path, runs: list[ZooRun]) -> dict[str, list[str]]:
+    """Runs one after the other, pre-trainings first. Fine-tunes whose backbone is not done
+    (another shard's) are reported as waiting."""
+    zoo_dir = Path(zoo_dir)
+    outcome: dict[str, list[str]] = {}
+    for run in sorted(runs, key=lambda r: r.backbone is not None):
+        if not runnable(zoo_dir, run):
+            state = "waiting"
+        else:
+            before = layout.status(zoo_dir / run.path)
+            state = run_one(zoo_dir, run)
+            if before == "done":
+                state = "skipped"
+        outcome.setdefault(state, []).append(run.path)
+        print(json.dumps({"run": run.path, "state": state}), flush=True)
+    return outcome
