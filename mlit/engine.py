@@ -159,6 +159,21 @@ def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]
 
 
 @torch.no_grad()
+def predict(model: MLiT, loader, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes and targets over a loader, on the CPU (for agreement analyses)."""
+    was_training = model.training
+    model.eval()
+    preds, targets = [], []
+    for images, y in loader:
+        with precision.autocast():
+            logits, _ = model(to_device(images, precision.device))
+        preds.append(logits.argmax(1).cpu())
+        targets.append(y)
+    model.train(was_training)
+    return torch.cat(preds), torch.cat(targets)
+
+
+@torch.no_grad()
 def reconstruction_grid(mae: MaskedAutoEncoder, images: torch.Tensor, mean, std):
     """Rows of (original, masked input, reconstruction with the visible patches pasted back),
     in pixel space, for TensorBoard."""

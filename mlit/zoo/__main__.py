@@ -3,6 +3,7 @@
     python -m mlit.zoo plan recipes/zoo.yaml [--json]
     python -m mlit.zoo run recipes/zoo.yaml [--zoo-dir DIR] [--shard i/n] [--launcher ray]
     python -m mlit.zoo status DIR [--json]
+    python -m mlit.zoo analyze DIR [--out DIR/analysis] [--window 5]
 
 `run` trains what is missing, skips what is complete and resumes what was interrupted.
 On Slurm: one array over `--phase pretraining --shard $SLURM_ARRAY_TASK_ID/N`, then one that
@@ -39,6 +40,15 @@ def parse(argv):
     s = sub.add_parser("status", help="done / running / failed per run")
     s.add_argument("zoo_dir")
     s.add_argument("--json", action="store_true")
+    a = sub.add_parser("analyze", help="diversity tables, averaging, soups, MoTHeR")
+    a.add_argument("zoo_dir")
+    a.add_argument("--out", help="default ZOO_DIR/analysis")
+    a.add_argument("--window", type=int, default=5, help="epochs to average")
+    a.add_argument("--mother-lambda", type=float, default=0.3)
+    a.add_argument("--longitudinal-models", type=int, default=None,
+                   help="limit Figure 3 to the first N fine-tunes (it evaluates every epoch)")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--batch-size", type=int, default=512)
     return parser.parse_args(argv)
 
 
@@ -48,6 +58,17 @@ def main(argv=None) -> int:
     from mlit.zoo.recipe import load_zoo_recipe
 
     try:
+        if args.command == "analyze":
+            from mlit.zoo.analysis import ZooAnalysis
+            from mlit.zoo.report import write_report
+
+            if not Path(args.zoo_dir).is_dir():
+                raise RecipeError(f"{args.zoo_dir}: no such zoo folder")
+            result = ZooAnalysis(args.zoo_dir, args.device, args.batch_size, args.window,
+                                 args.mother_lambda, args.longitudinal_models).run()
+            report = write_report(result, args.out or Path(args.zoo_dir) / "analysis")
+            print(f"wrote {report} and {report.with_name('analysis.json')}")
+            return 0
         if args.command == "status":
             from mlit.zoo.launchers import summarize
 

@@ -15,7 +15,7 @@ from mlit import checkpoint as ckpt
 
 def model_dirs(zoo_dir: str | Path) -> list[Path]:
     zoo_dir = Path(zoo_dir)
-    return sorted(p.parent for p in zoo_dir.glob("*ing/**/config.json"))
+    return sorted(p.parent for p in zoo_dir.glob("*ing/**/status.json"))  # written first
 
 
 def read_results(model_dir: Path) -> list[dict]:

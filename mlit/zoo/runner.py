@@ -16,14 +16,12 @@ from mlit.zoo import layout
 from mlit.zoo.plan import ZooRun
 
 
-def write_config(model_dir: Path, run: ZooRun) -> None:
-    """config.json: the run's factors and every setting it trains with."""
-    model_dir.mkdir(parents=True, exist_ok=True)
+def write_config(model_dir: Path, run: ZooRun, model_config) -> None:
+    """config.json: the run's factors, the model as built, and every training setting."""
     recipe = run.recipe
     layout.write_json(model_dir / "config.json", {
         "name": run.name, "path": run.path, "stage": run.kind, "backbone": run.backbone,
-        "factors": run.factors, "model": vars(recipe.model_settings()) | {
-            "name": recipe.model["name"]},
+        "factors": run.factors, "model": {**vars(model_config), "name": recipe.model["name"]},
         "recipe": recipe.model_dump(mode="json", exclude_none=True)})
     (model_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
 
@@ -36,7 +34,7 @@ def run_one(zoo_dir: str | Path, run: ZooRun) -> str:
     model_dir = zoo_dir / run.path
     if layout.status(model_dir) == "done":
         return "done"
-    write_config(model_dir, run)
+    model_dir.mkdir(parents=True, exist_ok=True)
     layout.set_status(model_dir, "running")
     recipe = run.recipe
     stage = getattr(recipe, run.kind)
@@ -46,9 +44,11 @@ def run_one(zoo_dir: str | Path, run: ZooRun) -> str:
         if run.kind == "finetune":
             encoder_init = ckpt.encoder_state(ckpt.load(stage.init))
         with SummaryWriter(str(model_dir / "tb")) as writer:
-            result = StageRun(recipe, run.kind, stage, model_dir, precision, writer,
-                              encoder_init, stage_dir=model_dir,
-                              metrics_path=model_dir / "result.json").run()
+            stage_run = StageRun(recipe, run.kind, stage, model_dir, precision, writer,
+                                 encoder_init, stage_dir=model_dir,
+                                 metrics_path=model_dir / "result.json")
+            write_config(model_dir, run, stage_run.model.cfg)
+            result = stage_run.run()
     except Exception as err:  # recorded for `zoo status`; the other runs go on
         layout.set_status(model_dir, "failed", error=f"{type(err).__name__}: {err}",
                           traceback=traceback.format_exc(limit=5))

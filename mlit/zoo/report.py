@@ -1,0 +1,125 @@
+"""The zoo analysis as a Markdown report with PNG figures (matplotlib) and a JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def fmt(cell, scale: float = 1.0, digits: int = 2) -> str:
+    if cell is None:
+        return "-"
+    return f"{cell['mean'] * scale:.{digits}f} ± {cell['std'] * scale:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def scatter(path: Path, x, y, colors, xlabel: str, ylabel: str, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for label in sorted(set(colors)):
+        idx = [i for i, c in enumerate(colors) if c == label]
+        ax.scatter([x[i] for i in idx], [y[i] for i in idx], label=label, s=18)
+    lo, hi = min(x + y), max(x + y)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figures(result: dict, out: Path) -> list[str]:
+    made = []
+    avg = result["epoch_averaging"]
+    if avg:
+        scatter(out / "epoch_averaging.png", [r["best_individual_acc"] for r in avg],
+                [r["averaged_acc"] for r in avg], [r["model"].split("/")[1] for r in avg],
+                "best single epoch (test acc)", f"average of last {result['window']} epochs",
+                "Epoch averaging (Fig. 2a)")
+        made.append("epoch_averaging.png")
+    soups = [r for r in result["soups"] if "soup_acc" in r]
+    if soups:
+        scatter(out / "soups.png", [r["max_individual_acc"] for r in soups],
+                [r["soup_acc"] for r in soups], [r["varied"] for r in soups],
+                "best ingredient (test acc)", "uniform soup", "Model soups (Fig. 2b)")
+        made.append("soups.png")
+    longitudinal = result["longitudinal"]
+    if longitudinal:
+        epochs = [int(e) for e in longitudinal]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for kind, color in (("individual", "tab:gray"), ("averaged", "tab:blue")):
+            cells = [longitudinal[e][kind] for e in longitudinal]
+            ax.plot(epochs, [c["mean"] for c in cells], color=color, label=f"{kind} (mean)")
+            ax.fill_between(epochs, [c["min"] for c in cells], [c["max"] for c in cells],
+                            color=color, alpha=0.2, label=f"{kind} (min-max)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set(xlabel="fine-tuning epoch", ylabel="test accuracy",
+               title=f"Longitudinal averaging over {result['window']} epochs (Fig. 3)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "longitudinal.png", dpi=120)
+        plt.close(fig)
+        made.append("longitudinal.png")
+    return made
+
+
+def markdown(result: dict, images: list[str]) -> str:
+    t1 = [[k, str(r["models"]), fmt(r["accuracy"], 100), fmt(r["skewness"], 1, 3),
+           fmt(r["kurtosis"]), fmt(r["l2_norm"], 1, 1), fmt(r["within_cluster_l2"], 1, 1),
+           fmt(r["between_cluster_l2"], 1, 1)] for k, r in result["table1"].items()]
+    t2 = [[k, str(r["models"]), fmt(r["accuracy"], 100), fmt(r["generalisation_gap"], 100),
+           fmt(r["agreement"], 100), fmt(r["skewness"], 1, 3), fmt(r["kurtosis"]),
+           fmt(r["l2_norm"], 1, 1), fmt(r["l2_to_ancestor"], 1, 1)]
+          for k, r in result["table2"].items()]
+    mother = [[k, str(r["models"]), str(r["trees"]), f"{r['accuracy']:.4f}", f"{r['f1']:.4f}"]
+              for k, r in result["mother"].items()]
+    greedy = [[r["backbone"], r["head"], f"{len(r['ingredients'])}/{r['candidates']}",
+               f"{100 * r['soup_acc']:.2f}", f"{100 * r['best_individual_acc']:.2f}"]
+              for r in result["greedy_soups"]]
+    avg = result["epoch_averaging"]
+    gains = [r["gain"] for r in avg]
+    parts = [
+        f"# Zoo analysis: {result['zoo']}",
+        f"{result['backbones']} backbones, {result['finetunes']} fine-tunes"
+        + (f"; {len(result['skipped_unfinished'])} unfinished runs left out"
+           if result["skipped_unfinished"] else "") + ".",
+        "Weight statistics and L2 distances use every floating-point tensor of the encoder "
+        "(`encoder.*`: patch and positional embeddings, attention, gates, experts, norms) as "
+        "one vector; heads are left out. Skewness and excess kurtosis are the biased moment "
+        "estimates (scipy's defaults). Accuracies are test-split fractions shown in %.",
+        "## Backbones (Table 1)",
+        table(["pre-training", "n", "accuracy", "skewness", "kurtosis", "L2 norm",
+               "within cluster", "between cluster"], t1),
+        "## Fine-tuned models by generating factor (Table 2)",
+        table(["factor", "n", "accuracy", "gen. gap", "agreement", "skewness", "kurtosis",
+               "L2 norm", "L2 to ancestor"], t2),
+        f"## Epoch averaging (last {result['window']} epochs)",
+        f"Average gain over the best single epoch: {100 * sum(gains) / len(gains):+.2f} points;"
+        f" better in {sum(g > 0 for g in gains)} of {len(gains)} models." if gains else "",
+        "## Greedy soups",
+        table(["backbone", "head", "ingredients", "soup acc", "best single"], greedy),
+        "## Lineage recovery (MoTHeR, λ = " + f"{result['mother_lambda']})",
+        table(["children vary by", "models", "trees", "accuracy", "F1"], mother),
+        "## Figures",
+        *[f"![{name}]({name})" for name in images],
+    ]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def write_report(result: dict, out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps(result, indent=1) + "\n")
+    images = figures(result, out)
+    path = out / "report.md"
+    path.write_text(markdown(result, images))
+    return path
