@@ -88,7 +88,10 @@ class Data(Strict):
     dataset: Literal["cifar100", "cifar10", "svhn", "flowers102", "digits"] = "cifar100"
     root: str = "data"
     download: bool = False
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0)  # torchvision pipeline only
+    # auto: the device pipeline (uint8 split on the GPU, batched augmentation) on CUDA, the
+    # torchvision DataLoader elsewhere; torchvision suits datasets too large for GPU memory
+    pipeline: Literal["auto", "torchvision", "device"] = "auto"
 
 
 class Train(Strict):
@@ -100,6 +103,8 @@ class Train(Strict):
     progress: bool = True
     stop_after_epochs: Optional[int] = Field(None, ge=1)  # this invocation only; rerun resumes
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads
+    compile: bool = False  # torch.compile the training step's model (Triton MoE included)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
 
 
 class Recipe(Strict):

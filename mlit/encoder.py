@@ -56,6 +56,22 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep / (1 - p)
 
 
+class DenseMLP(nn.Module):
+    """The dense ViT's feed-forward block, Linear-GELU-Linear, sized to hold as many
+    parameters as the MoE layer it replaces (gates, E experts' W, shared V and W2)."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, dropout: float):
+        super().__init__()
+        moe_params = 2 * dim * num_experts + (num_experts + 1) * (dim + 1) * hidden \
+            + hidden * dim + dim
+        width = max(1, round((moe_params - dim) / (2 * dim + 1)))
+        self.net = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x), x.new_zeros((), dtype=torch.float32)
+
+
 class EncoderLayer(nn.Module):
     """Pre-norm layer: x = x + GQA(LN(x)); x = x + MoE(LN(x)) (SPEC 2)."""
 
@@ -65,16 +81,19 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = GroupedQueryAttention(dim, num_heads, num_kv_groups)
         self.norm2 = nn.LayerNorm(dim)
-        self.moe = MoELayer(dim, hidden, num_experts, cfg.top_k, cfg.expert_dropout,
-                            impl=cfg.moe_impl, noisy=cfg.noisy_gating,
-                            noise_epsilon=cfg.noise_epsilon,
-                            importance_weight=cfg.importance_weight,
-                            load_weight=cfg.load_weight, cv_epsilon=cfg.cv_epsilon)
+        if cfg.ffn == "mlp":
+            self.mlp = DenseMLP(dim, hidden, num_experts, cfg.expert_dropout)
+        else:
+            self.moe = MoELayer(dim, hidden, num_experts, cfg.top_k, cfg.expert_dropout,
+                                impl=cfg.moe_impl, noisy=cfg.noisy_gating,
+                                noise_epsilon=cfg.noise_epsilon,
+                                importance_weight=cfg.importance_weight,
+                                load_weight=cfg.load_weight, cv_epsilon=cfg.cv_epsilon)
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
-        y, aux = self.moe(self.norm2(x))
+        y, aux = (self.mlp if hasattr(self, "mlp") else self.moe)(self.norm2(x))
         return x + drop_path(y, self.drop_path_rate, self.training), aux
 
 

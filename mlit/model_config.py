@@ -37,6 +37,9 @@ class MLiTConfig:
     load_weight: float = 0.01  # w_load (our reading)
     cv_epsilon: float = 1e-10  # added to mean^2 in CV^2
     moe_impl: str = "auto"  # expert dispatch: auto | torch | dense | triton
+    # feed-forward block: moe (mLiT), or mlp, a plain GELU MLP of the same parameter count,
+    # the dense ViT a user would otherwise pick (the throughput reference)
+    ffn: str = "moe"
     # classifier
     num_classes: int = 100
     head: str = "linear"  # linear | mlp (Linear(d, 256) + ReLU + Linear(256, C))
@@ -135,6 +138,7 @@ class MLiTConfig:
         need(self.simclr_temperature > 0, "simclr_temperature", "must be positive")
         need(self.head in HEADS, "head", f"must be one of {', '.join(HEADS)}")
         need(self.moe_impl in MOE_IMPLS, "moe_impl", f"must be one of {', '.join(MOE_IMPLS)}")
+        need(self.ffn in ("moe", "mlp"), "ffn", "must be moe or mlp")
         for name in ("importance_weight", "load_weight", "moe_loss_weight",
                      "unmasked_loss_weight", "noise_epsilon", "cv_epsilon"):
             need(getattr(self, name) >= 0, name, "must be non-negative")

@@ -71,15 +71,18 @@ class StageRun:
         self.model = build_stage_model(recipe, kind, stage, encoder_init).to(precision.device)
         self.optimizer = build_optimizer(self.model, stage)
         self.scaler = precision.scaler()
-        size = self.model.cfg.image_size
-        pin = precision.device.type == "cuda"
+        # the training step may run a compiled copy; checkpoints and evaluation use the module
+        self.step_model = (torch.compile(self.model, mode=recipe.train.compile_mode)
+                           if recipe.train.compile else self.model)
+        size, device = self.model.cfg.image_size, precision.device
         classifier = isinstance(self.model, MLiT)
         simclr = kind == "simclr"
-        self.train_loader = train_loader(recipe.data, stage.augment, size, stage.batch_size, pin,
-                                         two_views=simclr)
-        self.test_loader = eval_loader(recipe.data, size, stage.batch_size, pin,
+        self.train_loader = train_loader(recipe.data, stage.augment, size, stage.batch_size,
+                                         device, two_views=simclr)
+        self.test_loader = eval_loader(recipe.data, size, stage.batch_size, device,
                                        two_views_aug=stage.augment if simclr else None)
-        self.train_eval_loader = (eval_loader(recipe.data, size, stage.batch_size, pin, train=True)
+        self.train_eval_loader = (eval_loader(recipe.data, size, stage.batch_size, device,
+                                              train=True)
                                   if stage.eval_train and classifier else None)
         self.mixing = (batch_mixing(stage.augment, self.model.cfg.num_classes)
                        if classifier else None)
@@ -143,7 +146,7 @@ class StageRun:
                 images, targets = self.mixing(images, targets)
             lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.stage)
             set_lr(self.optimizer, lr)
-            parts = train_step(self.model, images, targets, self.optimizer, self.scaler,
+            parts = train_step(self.step_model, images, targets, self.optimizer, self.scaler,
                                self.precision, self.stage.clip_grad, self.stage.label_smoothing)
             tracker.add(self.step, parts)
             self.step += 1

@@ -10,8 +10,8 @@ import numpy as np
 from mlit.config import build_recipe
 
 
-def tiny_recipe(out, stages: dict, model="mlit_micro", **sections):
-    tree = {"name": "test", "model": {"name": model},
+def tiny_recipe(out, stages: dict, model_name="mlit_micro", **sections):
+    tree = {"name": "test", "model": {"name": model_name},
             "data": {"dataset": "digits", "num_workers": 0},
             "train": {"out": str(out), "progress": False, "log_every": 2, "threads": 2},
             **stages}

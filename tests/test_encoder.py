@@ -79,3 +79,15 @@ def test_gradients_reach_every_classifier_parameter():
 def test_stochastic_depth_rates_grow_with_depth():
     model = mlit.create_model("mlit_micro", drop_path=0.2)
     assert [l.drop_path_rate for l in model.encoder.layers] == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_dense_vit_reference_has_about_the_same_parameters():
+    for name in ("mlit_s", "mlit_xxs"):
+        moe = mlit.create_model(name)
+        dense = mlit.create_model(name, ffn="mlp")
+        n_moe = sum(p.numel() for p in moe.parameters())
+        n_dense = sum(p.numel() for p in dense.parameters())
+        assert abs(n_dense - n_moe) / n_moe < 0.005, (name, n_moe, n_dense)
+        assert len(dense.encoder.layers) == len(moe.encoder.layers)
+        logits, aux = dense(torch.randn(2, 3, 36, 36))
+        assert logits.shape == (2, 100) and aux.item() == 0.0

@@ -22,7 +22,7 @@ PRETRAIN = {"pretrain": {"epochs": 4, "batch_size": 256, "base_lr": 4e-3, "warmu
 def test_digits_run_learns_well_above_chance(tmp_path):
     recipe = tiny_recipe(tmp_path, {"supervised": {
         "epochs": 12, "batch_size": 64, "base_lr": 4e-3, "warmup_epochs": 1, "eval_every": 4,
-        "augment": {"crop_scale": [0.7, 1.0], "hflip": False}}}, model="mlit_tiny")
+        "augment": {"crop_scale": [0.7, 1.0], "hflip": False}}}, model_name="mlit_tiny")
     summary = run(recipe)
     assert summary["test_acc"] > 0.6, summary  # chance is 0.1
     curve = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -35,12 +35,15 @@ def test_digits_run_learns_well_above_chance(tmp_path):
     assert (tmp_path / "recipe.yaml").exists() and any((tmp_path / "tb").iterdir())
 
 
-@pytest.mark.parametrize("stages", [SUPERVISED, PRETRAIN], ids=["supervised", "mae"])
-def test_two_epochs_resume_two_epochs_equals_four_straight(tmp_path, stages):
-    straight = run(tiny_recipe(tmp_path / "a", stages))
-    first = run(tiny_recipe(tmp_path / "b", stages, train={"stop_after_epochs": 2}))
+@pytest.mark.parametrize("stages,pipeline", [(SUPERVISED, "torchvision"),
+                                             (PRETRAIN, "torchvision"), (SUPERVISED, "device")],
+                         ids=["supervised", "mae", "supervised-device-pipeline"])
+def test_two_epochs_resume_two_epochs_equals_four_straight(tmp_path, stages, pipeline):
+    data = {"pipeline": pipeline}
+    straight = run(tiny_recipe(tmp_path / "a", stages, data=data))
+    first = run(tiny_recipe(tmp_path / "b", stages, train={"stop_after_epochs": 2}, data=data))
     assert first["incomplete"] in stages
-    resumed = run(tiny_recipe(tmp_path / "b", stages))
+    resumed = run(tiny_recipe(tmp_path / "b", stages, data=data))
     kind = next(iter(stages))
     a = ckpt.load(tmp_path / "a" / kind / "checkpoint.pt")
     b = ckpt.load(tmp_path / "b" / kind / "checkpoint.pt")
@@ -114,3 +117,18 @@ def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert f"cifar100 not found under {tmp_path}/nothing" in err and "cifar-100-python/" in err
+
+
+def test_compiled_training_saves_plain_checkpoints(tmp_path):
+    """train.compile runs the step under torch.compile (inductor; the MoE as the dense
+    GEMM here); checkpoints hold the module's own names and resume into an eager model."""
+    stages = {"supervised": {**SUPERVISED["supervised"], "epochs": 1}}
+    recipe = tiny_recipe(tmp_path, stages, train={"compile": True},
+                         model={"moe_impl": "dense"})
+    summary = run(recipe)
+    assert 0 <= summary["test_acc"] <= 1
+    state = ckpt.load(tmp_path / "supervised" / "checkpoint.pt")["model"]
+    assert not any(k.startswith("_orig_mod") for k in state)
+    import mlit
+
+    mlit.create_model("mlit_micro", num_classes=10).load_state_dict(state)

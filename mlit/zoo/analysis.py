@@ -115,7 +115,7 @@ class ZooAnalysis:
             recipe = self.finetunes[0].config["recipe"]
             data = Data(**{**recipe["data"], "num_workers": 0})
             self._loader = eval_loader(data, self.finetunes[0].config["model"]["image_size"],
-                                       self.batch_size, self.precision.device.type == "cuda")
+                                       self.batch_size, self.precision.device)
         return self._loader
 
     def classifier(self, model: ZooModel, state: dict) -> MLiT:

@@ -1,0 +1,204 @@
+"""A training set that lives on the training device as uint8, augmented in whole batches.
+
+At these model sizes a GPU starves on a per-image Python pipeline (airbench's lesson), so:
+- the split is decoded once into a (N, C, H, W) uint8 tensor on the device;
+- shuffling is a randperm on the device, from a generator reseeded every epoch;
+- random resized crop, flip and rotation are one affine `grid_sample` per batch, with
+  torchvision's sampling rules (scale, log-uniform ratio, 10 attempts, centre fallback);
+- random erasing is a vectorised mask with torchvision's rules;
+- AutoAugment, colour jitter and grayscale (torchvision v2 ops on uint8) draw their random
+  operation per group of `group_size` images: per-sample variety without per-sample Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from mlit.config import Augment
+from mlit.data.transforms import POLICIES
+
+
+def dataset_to_uint8(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, C, H, W) uint8, labels (N,)) from a loaded dataset, without transforms."""
+    data = getattr(dataset, "data", None)
+    if isinstance(data, np.ndarray) and data.ndim == 4:  # CIFAR (N,H,W,C), SVHN (N,C,H,W)
+        images = torch.from_numpy(data)
+        if images.shape[-1] == 3:
+            images = images.permute(0, 3, 1, 2)
+        labels = getattr(dataset, "targets", None)
+        labels = labels if labels is not None else dataset.labels
+        return images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if hasattr(dataset, "images") and getattr(dataset, "images").ndim == 3:  # digits
+        images = torch.from_numpy(dataset.images).unsqueeze(1).expand(-1, 3, -1, -1)
+        return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.long)
+    # anything else (Flowers102): decode once, resized to the model's input size
+    to_tensor = v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor()])
+    saved, dataset.transform = dataset.transform, to_tensor
+    try:
+        pairs = [dataset[i] for i in range(len(dataset))]
+    finally:
+        dataset.transform = saved
+    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+
+
+def sample_boxes(n: int, height: int, width: int, scale, ratio, generator, device,
+                 attempts: int = 10):
+    """torchvision's RandomResizedCrop.get_params for n images at once: (top, left, h, w)."""
+    area = height * width
+    u = torch.rand(n, attempts, 4, generator=generator, device=device)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.float().argmax(1, keepdim=True)  # the first attempt that fits
+    found = ok.any(1)
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    top = torch.floor(u[..., 2].gather(1, first)[:, 0] * (height - h + 1))
+    left = torch.floor(u[..., 3].gather(1, first)[:, 0] * (width - w + 1))
+    # no attempt fitted: the whole image, clamped to the ratio range, centred
+    in_ratio = width / height
+    fw = float(width) if ratio[0] <= in_ratio <= ratio[1] else (
+        float(width) if in_ratio < ratio[0] else float(round(height * ratio[1])))
+    fh = float(height) if ratio[0] <= in_ratio <= ratio[1] else (
+        float(round(width / ratio[0])) if in_ratio < ratio[0] else float(height))
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    top = torch.where(found, top, float((height - fh) // 2))
+    left = torch.where(found, left, float((width - fw) // 2))
+    return top, left, h, w
+
+
+def geometric(images: torch.Tensor, size: int, aug: Augment | None, generator) -> torch.Tensor:
+    """Crop, flip, rotate and resize every image with one grid_sample; float pixels 0-255."""
+    n, _, H, W = images.shape
+    device = images.device
+    if aug is not None and aug.random_resized_crop:
+        top, left, h, w = sample_boxes(n, H, W, aug.crop_scale, (3 / 4, 4 / 3), generator,
+                                       device)
+    else:
+        top, left = torch.zeros(n, device=device), torch.zeros(n, device=device)
+        h, w = torch.full((n,), float(H), device=device), torch.full((n,), float(W), device=device)
+    sx, sy = w / W, h / H  # output [-1, 1] -> the crop, in normalised input coordinates
+    cx, cy = 2 * (left + w / 2) / W - 1, 2 * (top + h / 2) / H - 1
+    if aug is not None and aug.hflip:
+        flip = torch.rand(n, generator=generator, device=device) < 0.5
+        sx = torch.where(flip, -sx, sx)
+    cos, sin = torch.ones(n, device=device), torch.zeros(n, device=device)
+    if aug is not None and aug.rotation:
+        angle = (torch.rand(n, generator=generator, device=device) * 2 - 1) * aug.rotation
+        # rotating the output grid by -angle turns the picture by +angle (counter-clockwise)
+        rad = torch.deg2rad(angle)
+        cos, sin = torch.cos(rad), torch.sin(rad)
+    theta = torch.stack([torch.stack([sx * cos, sx * sin, cx], 1),
+                         torch.stack([-sy * sin, sy * cos, cy], 1)], 1)  # (n, 2, 3)
+    shape = (n, images.shape[1], size, size)
+    grid = F.affine_grid(theta, shape, align_corners=False)
+    # "crop, then resize": sample only inside the box, between its outer pixel centres,
+    # as torchvision resizes the cropped image and never reads the pixels around it
+    lo = torch.stack([(2 * left + 1) / W - 1, (2 * top + 1) / H - 1], -1).view(n, 1, 1, 2)
+    hi = torch.stack([(2 * (left + w) - 1) / W - 1, (2 * (top + h) - 1) / H - 1],
+                     -1).view(n, 1, 1, 2)
+    grid = torch.maximum(torch.minimum(grid, hi), lo)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    if aug is not None and aug.rotation:  # corners turned in from outside the crop are 0
+        zeros = torch.zeros_like(cx)
+        rot = torch.stack([torch.stack([cos, sin, zeros], 1),
+                           torch.stack([-sin, cos, zeros], 1)], 1)
+        q = F.affine_grid(rot, shape, align_corners=False)
+        out = out * (q.abs() <= 1).all(-1).unsqueeze(1)
+    return out
+
+
+def per_group(images: torch.Tensor, op, group_size: int) -> torch.Tensor:
+    """Apply a random torchvision op with a fresh draw for every group of images."""
+    return torch.cat([op(chunk) for chunk in images.split(group_size)])
+
+
+def random_erasing(x: torch.Tensor, p: float, generator, scale=(0.02, 0.33),
+                   ratio=(0.3, 3.3), attempts: int = 10) -> torch.Tensor:
+    """torchvision's RandomErasing(p, value=0) for a whole batch."""
+    n, _, H, W = x.shape
+    device = x.device
+    u = torch.rand(n, attempts, 4, generator=generator, device=device)
+    area = H * W * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    h = torch.round(torch.sqrt(area * aspect))
+    w = torch.round(torch.sqrt(area / aspect))
+    ok = (h < H) & (w < W)
+    first = ok.float().argmax(1, keepdim=True)
+    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
+    top = torch.floor(u[..., 2].gather(1, first)[:, 0] * (H - h + 1))
+    left = torch.floor(u[..., 3].gather(1, first)[:, 0] * (W - w + 1))
+    erase = ok.any(1) & (torch.rand(n, generator=generator, device=device) < p)
+    rows = torch.arange(H, device=device).view(1, H, 1)
+    cols = torch.arange(W, device=device).view(1, 1, W)
+    box = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+           & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)))
+    return x.masked_fill((box & erase.view(-1, 1, 1)).unsqueeze(1), 0.0)
+
+
+class DeviceLoader:
+    """Batches of (normalised images, labels) from device-resident uint8 data.
+
+    Same interface as the DataLoader the runner uses: len(), iteration, and a `generator`
+    that the runner reseeds every epoch (order and augmentation follow from it)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 image_size: int, mean, std, augment: Augment | None = None,
+                 shuffle: bool = True, drop_last: bool = True, two_views: bool = False,
+                 group_size: int = 16):
+        self.images, self.labels = images, labels
+        self.batch_size, self.image_size = batch_size, image_size
+        self.augment, self.shuffle, self.drop_last = augment, shuffle, drop_last
+        self.two_views, self.group_size = two_views, group_size
+        device = images.device
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.generator = torch.Generator(device=device)
+        self.dataset = images  # len(loader.dataset), as with a DataLoader
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def transform(self, batch: torch.Tensor) -> torch.Tensor:
+        aug = self.augment
+        x = geometric(batch, self.image_size, aug, self.generator)
+        if aug is not None and (aug.color_jitter or aug.grayscale or aug.auto_augment):
+            x = x.round_().clamp_(0, 255).to(torch.uint8)
+            if aug.color_jitter:
+                s = aug.color_jitter
+                jitter = v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)],
+                                        p=0.8)
+                x = per_group(x, jitter, self.group_size)
+            if aug.grayscale:
+                gray = v2.functional.rgb_to_grayscale(x, num_output_channels=3)
+                pick = torch.rand(len(x), generator=self.generator, device=x.device) < aug.grayscale
+                x = torch.where(pick.view(-1, 1, 1, 1), gray, x)
+            if aug.auto_augment:
+                x = per_group(x, v2.AutoAugment(POLICIES[aug.auto_augment]), self.group_size)
+            x = x.float()
+        x = (x - self.mean) / self.std
+        if aug is not None and aug.random_erasing:
+            x = random_erasing(x, aug.random_erasing, self.generator)
+        return x
+
+    def __iter__(self):
+        n = len(self.images)
+        order = (torch.randperm(n, generator=self.generator, device=self.images.device)
+                 if self.shuffle else torch.arange(n, device=self.images.device))
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            batch, labels = self.images[idx], self.labels[idx]
+            if self.two_views:
+                yield (self.transform(batch), self.transform(batch)), labels
+            else:
+                yield self.transform(batch), labels

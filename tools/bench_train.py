@@ -1,0 +1,169 @@
+"""End-to-end training throughput, side by side in one run: images per second of the MAE
+pre-training step and the fine-tuning step, with synthetic CIFAR-shaped data (uint8 32x32,
+augmented to 36x36 as in the recipes), and the epoch time that follows for 50,000 images.
+
+    python tools/bench_train.py                    # GPU: mLiT-S/XS/XXS, bf16
+    python tools/bench_train.py --quick            # any machine: XXS, small batches
+
+Variants per model and step (the training code is the runner's own: engine.train_step,
+optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
+  input   device (uint8 on the device, batched augmentation) | dataloader (torchvision, workers)
+  model   eager | compiled (torch.compile);  moe_impl torch | triton (dense on CPU)
+  ref     a dense ViT of the same depth, width and parameter count (model.ffn=mlp)
+"input ms" is the time to produce one batch alone; "input %" its share of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+import mlit
+from mlit.config import Augment, Stage
+from mlit.data.device import DeviceLoader
+from mlit.data.transforms import train_transform
+from mlit.engine import select_precision, train_step
+from mlit.optim import build_optimizer
+
+MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+MAE_AUG = Augment(crop_scale=(0.2, 1.0), hflip=True)
+FT_AUG = Augment(crop_scale=(0.2, 1.0), hflip=True, auto_augment="cifar10")
+MAE_BATCH = {"mlit_s": 840, "mlit_xs": 1280, "mlit_xxs": 1280}  # paper Table 3
+FT_BATCH = 448  # paper Table 4
+
+
+class SyntheticCIFAR(Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def make_input(kind: str, images: np.ndarray, labels: np.ndarray, batch: int, aug: Augment,
+               device: torch.device, workers: int):
+    if kind == "device":
+        loader = DeviceLoader(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+                              .to(device), torch.from_numpy(labels).to(device), batch, 36,
+                              MEAN, STD, aug)
+    else:
+        dataset = SyntheticCIFAR(images, labels, train_transform(aug, 36, MEAN, STD))
+        loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
+                            num_workers=workers, pin_memory=device.type == "cuda",
+                            persistent_workers=workers > 0)
+
+    def batches():
+        while True:
+            for x, y in loader:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    return batches()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_input(batches, device, steps: int) -> float:
+    next(batches)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def time_steps(model, batches, precision, steps: int, warmup: int) -> float:
+    stage = Stage(epochs=1, batch_size=256, base_lr=1e-4)
+    optimizer = build_optimizer(model, stage)
+    scaler = precision.scaler()
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(precision.device)
+            start = time.perf_counter()
+        x, y = next(batches)
+        train_step(model, x, y, optimizer, scaler, precision)
+    sync(precision.device)
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlit_s,mlit_xs,mlit_xxs")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers")
+    parser.add_argument("--quick", action="store_true", help="XXS, batch 32, 3 steps")
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = args.dtype if device.type == "cuda" else "fp32"
+    precision = select_precision(device, amp)
+    models = ["mlit_xxs"] if args.quick else args.models.split(",")
+    steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
+    workers = min(args.workers, 2) if args.quick else args.workers
+    fast_impl = "triton" if device.type == "cuda" else "dense"
+    torch._dynamo.config.recompile_limit = 64
+
+    rng = np.random.default_rng(0)
+    n_images = 4096 if args.quick else 50_000
+    images = rng.integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 100, n_images).astype(np.int64)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"device: {name}; torch {torch.__version__}; dtype {precision.dtype}; "
+          f"images 32x32 uint8 -> 36x36 (3x3 patches, 145 tokens; MAE encoder 37)")
+    variants = [  # (label, input, compiled, moe_impl, ffn)
+        ("eager torch dataloader", "dataloader", False, "torch", "moe"),
+        ("eager torch device", "device", False, "torch", "moe"),
+        (f"eager {fast_impl} device", "device", False, fast_impl, "moe"),
+        (f"compiled {fast_impl} device", "device", True, fast_impl, "moe"),
+        ("compiled dense device", "device", True, "dense", "moe"),
+        ("dense ViT eager device", "device", False, "torch", "mlp"),
+        ("dense ViT compiled device", "device", True, "torch", "mlp"),
+    ]
+    if args.no_compile:
+        variants = [v for v in variants if not v[2]]
+    # on the CPU the 'fast' impl is dense: keep the first of two identical variants
+    seen: set[str] = set()
+    variants = [v for v in variants if not (v[0] in seen or seen.add(v[0]))]
+    for model_name in models:
+        for step in ("mae", "finetune"):
+            batch = MAE_BATCH[model_name] if step == "mae" else FT_BATCH
+            batch = 32 if args.quick else batch
+            aug = MAE_AUG if step == "mae" else FT_AUG
+            print(f"\n{model_name} {step} step, batch {batch}")
+            print(f"  {'variant':<28} {'ms/step':>9} {'img/s':>9} {'epoch 50k':>10} "
+                  f"{'input ms':>9} {'input %':>8} {'vs first':>8}")
+            first = None
+            inputs = {}
+            for label, input_kind, compiled, impl, ffn in variants:
+                torch.manual_seed(0)
+                factory = mlit.create_mae if step == "mae" else mlit.create_model
+                model = factory(model_name, moe_impl=impl, ffn=ffn).to(device).train()
+                if compiled:
+                    model = torch.compile(model)
+                if input_kind not in inputs:
+                    inputs[input_kind] = make_input(input_kind, images, labels, batch, aug,
+                                                    device, workers)
+                    inputs[input_kind + "_ms"] = time_input(inputs[input_kind], device, steps)
+                t = time_steps(model, inputs[input_kind], precision, steps, warmup)
+                first = first or t
+                in_ms = inputs[input_kind + "_ms"]
+                print(f"  {label:<28} {t * 1e3:>9.2f} {batch / t:>9.0f} "
+                      f"{50_000 / batch * t:>9.1f}s {in_ms * 1e3:>9.2f} "
+                      f"{100 * in_ms / t:>7.1f}% {first / t:>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
