@@ -36,29 +36,49 @@ def _tile_matmul(x_ptr, w_ptr, offs_n, offs_h, mask_n, mask_h, D, stride_xn, str
 
 
 @triton.jit
+def _tile_offsets(N, HID, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's tokens and hidden units (int64) and their in-bounds masks."""
+    offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_h = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    return offs_n, offs_h, offs_n < N, offs_h < HID
+
+
+@triton.jit
+def _shared_value(X, V, C, offs_n, offs_h, mask_n, mask_h, D, BLOCK_N: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """x V^T + c, fp32. V is (HID, D) row-major, read transposed through its strides."""
+    value = _tile_matmul(X, V, offs_n, offs_h, mask_n, mask_h, D, D, 1, D,
+                         BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
+    return value + tl.load(C + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _expert_preactivation(X, W, B, e, offs_n, offs_h, mask_n, mask_h, D, HID,
+                          BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+                          PRECISION: tl.constexpr):
+    """a_e = x W_e + b_e, fp32, for expert e (W is (E, D, HID) row-major)."""
+    a = _tile_matmul(X, W + e * D * HID, offs_n, offs_h, mask_n, mask_h, D, D, HID, 1,
+                     BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
+    return a + tl.load(B + e * HID + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
 def moe_hidden_fwd_kernel(
     X, G, W, B, V, C, H,  # x (N,D), gates (N,E), W (E,D,HID), b (E,HID), V (HID,D), c (HID), H (N,HID)
     N, D, HID, E,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_n, pid_h = tl.program_id(0), tl.program_id(1)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_h = pid_h.to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask_n, mask_h = offs_n < N, offs_h < HID
-
-    # value = x V^T + c: V is (HID, D) row-major, read transposed through its strides
-    value = _tile_matmul(X, V, offs_n, offs_h, mask_n, mask_h, D, D, 1, D,
-                         BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
-    value += tl.load(C + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    offs_n, offs_h, mask_n, mask_h = _tile_offsets(N, HID, BLOCK_N, BLOCK_H)
+    value = _shared_value(X, V, C, offs_n, offs_h, mask_n, mask_h, D,
+                          BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
 
     mixed = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
     for e in range(E):
         g = tl.load(G + offs_n * E + e, mask=mask_n, other=0.0).to(tl.float32)
         if tl.max(g, axis=0) > 0:  # skip experts that no token of this tile chose
-            a = _tile_matmul(X, W + e * D * HID, offs_n, offs_h, mask_n, mask_h, D, D, HID, 1,
-                             BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
-            a += tl.load(B + e * HID + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+            a = _expert_preactivation(X, W, B, e, offs_n, offs_h, mask_n, mask_h, D, HID,
+                                      BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
             mixed += g[:, None] * (a * tl.sigmoid(a))
 
     out = value * mixed
@@ -74,15 +94,10 @@ def moe_hidden_bwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_n, pid_h = tl.program_id(0), tl.program_id(1)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_h = pid_h.to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask_n, mask_h = offs_n < N, offs_h < HID
+    offs_n, offs_h, mask_n, mask_h = _tile_offsets(N, HID, BLOCK_N, BLOCK_H)
     mask = mask_n[:, None] & mask_h[None, :]
-
-    value = _tile_matmul(X, V, offs_n, offs_h, mask_n, mask_h, D, D, 1, D,
-                         BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
-    value += tl.load(C + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    value = _shared_value(X, V, C, offs_n, offs_h, mask_n, mask_h, D,
+                          BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
     dh = tl.load(DH + offs_n[:, None] * HID + offs_h[None, :], mask=mask, other=0.0)
     dmixed = dh.to(tl.float32) * value  # dL/d(sum_e g_e silu(a_e))
 
@@ -90,15 +105,15 @@ def moe_hidden_bwd_kernel(
     for e in range(E):
         g = tl.load(G + offs_n * E + e, mask=mask_n, other=0.0).to(tl.float32)
         if tl.max(g, axis=0) > 0:
-            a = _tile_matmul(X, W + e * D * HID, offs_n, offs_h, mask_n, mask_h, D, D, HID, 1,
-                             BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
-            a += tl.load(B + e * HID + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+            a = _expert_preactivation(X, W, B, e, offs_n, offs_h, mask_n, mask_h, D, HID,
+                                      BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
             sig = tl.sigmoid(a)
             act = a * sig
             mixed += g[:, None] * act
             # gate gradient: only where routed (the contract of mlit.dispatch)
             dg = tl.where(g > 0, tl.sum(dmixed * act, axis=1), 0.0)
-            tl.store(DG + pid_h.to(tl.int64) * N * E + offs_n * E + e, dg, mask=mask_n)
+            tl.store(DG + tl.program_id(1).to(tl.int64) * N * E + offs_n * E + e, dg,
+                     mask=mask_n)
             dact = dmixed * g[:, None] * (sig * (1.0 + a * (1.0 - sig)))  # silu'
             tl.store(DACT + offs_n[:, None] * (E * HID) + e * HID + offs_h[None, :],
                      dact.to(DACT.dtype.element_ty), mask=mask)
