@@ -113,7 +113,9 @@ class StageRun:
         if not self.last_path.exists():
             self.truncate_metrics(after=-1)  # a fresh start: forget any earlier attempt
             return False
-        state = ckpt.load(self.last_path, map_location=self.precision.device)
+        # on the CPU: RNG states must stay CPU tensors; the module and the optimiser copy
+        # their tensors to the parameters' device themselves
+        state = ckpt.load(self.last_path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
