@@ -107,6 +107,8 @@ class ZooAnalysis:
         self.batch_size = batch_size
         self._loader = None
         self._preds: dict[str, torch.Tensor] = {}
+        self._weight_stats: dict[str, dict[str, float]] = {}
+        self._ancestor_distance: dict[str, float] = {}
 
     # -- evaluation through the runner's code ------------------------------------------------
     @property
@@ -134,6 +136,20 @@ class ZooAnalysis:
         return self._preds[model.path]
 
     # -- Table 1 and Table 2 ----------------------------------------------------------------
+    def weight_stats(self, model: ZooModel) -> dict[str, float]:
+        """Once per model: a fine-tune appears in one row per factor and in 'all'."""
+        if model.path not in self._weight_stats:
+            self._weight_stats[model.path] = stats.weight_stats(model.state())
+        return self._weight_stats[model.path]
+
+    def ancestor_distance(self, model: ZooModel) -> float:
+        """L2 from a fine-tune to its backbone: Table 1's within-cluster distances and
+        Table 2's distance to the ancestor are the same numbers."""
+        if model.path not in self._ancestor_distance:
+            self._ancestor_distance[model.path] = stats.l2_distance(
+                model.state(), self.models[model.backbone].state())
+        return self._ancestor_distance[model.path]
+
     def children(self, backbone: ZooModel) -> list[ZooModel]:
         return [m for m in self.finetunes if m.backbone == backbone.path]
 
@@ -142,9 +158,8 @@ class ZooAnalysis:
         kinds = sorted({b.factors["pretraining"] for b in self.backbones})
         for kind in kinds + ["all"]:
             group = [b for b in self.backbones if kind in ("all", b.factors["pretraining"])]
-            ws = [stats.weight_stats(b.state()) for b in group]
-            within = [stats.l2_distance(b.state(), c.state()) for b in group
-                      for c in self.children(b)]
+            ws = [self.weight_stats(b) for b in group]
+            within = [self.ancestor_distance(c) for b in group for c in self.children(b)]
             between = [stats.l2_distance(a.state(), b.state())
                        for a, b in itertools.combinations(group, 2)]
             rows[kind] = {
@@ -155,7 +170,7 @@ class ZooAnalysis:
         return rows
 
     def finetune_row(self, group: list[ZooModel]) -> dict:
-        ws = [stats.weight_stats(m.state()) for m in group]
+        ws = [self.weight_stats(m) for m in group]
         pairs = itertools.combinations(group, 2)
         return {
             "models": len(group),
@@ -165,9 +180,7 @@ class ZooAnalysis:
             "agreement": mean_std(stats.agreement(self.predictions(a), self.predictions(b))
                                   for a, b in pairs),
             **{k: mean_std(w[k] for w in ws) for k in ("skewness", "kurtosis", "l2_norm")},
-            "l2_to_ancestor": mean_std(stats.l2_distance(m.state(),
-                                                         self.models[m.backbone].state())
-                                       for m in group)}
+            "l2_to_ancestor": mean_std(self.ancestor_distance(m) for m in group)}
 
     def table2(self) -> dict:
         rows = {}
