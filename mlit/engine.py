@@ -62,8 +62,7 @@ class StepTracker:
         bad = ~torch.isfinite(loss)
         if self.first_bad_step is None:
             self.first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0),
-                                          torch.full_like(self.first_bad_step, step),
+        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), step,
                                           self.first_bad_step)
         for k, v in parts.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()

@@ -17,7 +17,6 @@ TFLOP/s (useful FLOPs: V, the k routed W_e, W2; backward counted as 2x forward),
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 

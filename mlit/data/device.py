@@ -163,7 +163,6 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.generator = torch.Generator(device=device)
-        self.dataset = images  # len(loader.dataset), as with a DataLoader
 
     def __len__(self) -> int:
         n = len(self.images)

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
             print(f"wrote {report} and {report.with_name('analysis.json')}")
             return 0
         if args.command == "status":
-            from mlit.zoo.launchers import summarize
+            from mlit.zoo.layout import summarize
 
             if not Path(args.zoo_dir).is_dir():
                 raise RecipeError(f"{args.zoo_dir}: no such zoo folder")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from mlit.zoo import layout
 from mlit.zoo.plan import ZooRun
 from mlit.zoo.runner import run_one, runnable
 
@@ -52,13 +51,3 @@ def run_ray(zoo_dir: str | Path, runs: list[ZooRun], address: str | None = None,
     for children in waiting.values():  # backbones that failed or are another shard's
         outcome.setdefault("waiting", []).extend(c.path for c in children)
     return outcome
-
-
-def summarize(zoo_dir: str | Path) -> dict[str, list[str]]:
-    """Every model of a zoo folder by state: done, running, failed, interrupted, pending."""
-    zoo_dir = Path(zoo_dir)
-    states: dict[str, list[str]] = {}
-    for model_dir in layout.model_dirs(zoo_dir):
-        states.setdefault(layout.status(model_dir), []).append(
-            str(model_dir.relative_to(zoo_dir)))
-    return states

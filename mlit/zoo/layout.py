@@ -71,3 +71,12 @@ def status(model_dir: Path) -> str:
         except PermissionError:
             pass
     return info["state"]
+
+
+def summarize(zoo_dir: str | Path) -> dict[str, list[str]]:
+    """Every model of a zoo folder by state: done, running, failed, interrupted, pending."""
+    zoo_dir = Path(zoo_dir)
+    states: dict[str, list[str]] = {}
+    for model_dir in model_dirs(zoo_dir):
+        states.setdefault(status(model_dir), []).append(str(model_dir.relative_to(zoo_dir)))
+    return states
