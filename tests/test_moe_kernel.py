@@ -1,6 +1,12 @@
 """The Triton expert dispatch against the PyTorch reference: output and every gradient.
 On a machine without a GPU this runs the kernels in Triton's interpreter (float32)."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -135,3 +141,22 @@ def test_auto_picks_triton_on_cuda_and_torch_elsewhere():
     assert resolve_impl("dense", torch.empty(1)) == "dense"
     if torch.cuda.is_available():
         assert resolve_impl("auto", torch.empty(1, device="cuda")) == "triton"
+
+
+def test_kernels_compile_for_ampere_and_hopper_without_spills():
+    """The real compiler (not the interpreter), ahead of time for sm_80 and sm_90: both
+    kernels build to a cubin in every dtype; in the training dtypes they use tensor cores
+    (mma on Ampere, wgmma on Hopper) and keep everything in registers."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    tool = Path(__file__).parents[1] / "tools" / "kernel_report.py"
+    done = subprocess.run([sys.executable, str(tool), "--json"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = {(r["arch"], r["dtype"], r["kernel"]): r for r in json.loads(done.stdout)}
+    assert len(rows) == 2 * 3 * 2
+    for (arch, dtype, kernel), r in rows.items():
+        assert r["registers"] > 0
+        if dtype != "fp32":  # fp32 is exact (ieee) FMA math, not a training dtype on CUDA
+            assert r["tensor_core"] == {"sm_80": "mma", "sm_90": "wgmma"}[arch], (arch, kernel)
+            assert r["spill_bytes"] == 0, (arch, dtype, kernel, r)

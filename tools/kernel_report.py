@@ -1,0 +1,64 @@
+"""What the MoE kernels compile to on a GPU, without needing one: registers a thread, spilled
+bytes, shared memory and the matrix instruction, per target, dtype and kernel.
+
+    python tools/kernel_report.py                 # sm_80 (A100) and sm_90 (H100), all dtypes
+    python tools/kernel_report.py --archs 90 --json
+
+Runs Triton's compiler and ptxas ahead of time (mlit/kernels/aot.py). Spills and missing
+tensor-core instructions are what this can show; speed needs a GPU (tools/bench_moe.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    sys.exit("kernel_report: unset TRITON_INTERPRET (it replaces the kernels by the interpreter)")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from mlit.kernels.aot import KERNELS, compile_kernel, resources  # noqa: E402
+from mlit.kernels.moe import launch_options  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def report(archs: list[int], dtypes: list[str]) -> list[dict]:
+    rows = []
+    for arch in archs:
+        for dtype in dtypes:
+            for name, kernel in KERNELS.items():
+                used = resources(compile_kernel(kernel, DTYPES[dtype], arch))
+                rows.append({"arch": f"sm_{arch}", "dtype": dtype, "kernel": name,
+                             **dataclasses.asdict(used)})
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="80,90", help="comma list of compute capabilities")
+    parser.add_argument("--dtypes", default="bf16,fp16,fp32")
+    parser.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    args = parser.parse_args(argv)
+    rows = report([int(a) for a in args.archs.split(",")], args.dtypes.split(","))
+    if args.json:
+        print(json.dumps(rows))
+        return
+    options = launch_options(torch.bfloat16)
+    print(f"triton {triton.__version__}; tiles BLOCK_N={options['BLOCK_N']} "
+          f"BLOCK_H={options['BLOCK_H']} BLOCK_D={options['BLOCK_D']}, "
+          f"{options['num_warps']} warps")
+    print(f"{'arch':<6} {'dtype':<5} {'kernel':<9} {'regs':>5} {'spill B':>8} "
+          f"{'shared B':>9} matrix")
+    for r in rows:
+        print(f"{r['arch']:<6} {r['dtype']:<5} {r['kernel']:<9} {r['registers']:>5} "
+              f"{r['spill_bytes']:>8} {r['shared_bytes']:>9} {r['tensor_core'] or 'FMA'}")
+
+
+if __name__ == "__main__":
+    main()
