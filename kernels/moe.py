@@ -17,8 +17,8 @@ import triton
 from mlit.kernels.moe_kernels import moe_hidden_bwd_kernel, moe_hidden_fwd_kernel
 
 BLOCK_N, BLOCK_H, BLOCK_D = 64, 32, 32
-# 8 warps rather than Triton's default 4: at 4 the backward needs more than 255 registers a
-# thread and spills on sm_80 (tools/kernel_report.py); at 8 neither kernel spills on sm_80/90
+# 8 warps rather than Triton's default 4: at 4 the backward takes all 255 registers a thread
+# and spills on sm_80 (tools/kernel_report.py); at 8 neither kernel spills on sm_80 or sm_90
 NUM_WARPS = 8
 
 
