@@ -183,19 +183,26 @@ def format_validation_error(err: ValidationError) -> str:
     return f"{where}: {msg}"
 
 
-def build_recipe(tree: dict) -> Recipe:
+def validate(schema: type[BaseModel], tree: dict):
+    """The settings tree as `schema`, or RecipeError naming the first bad key."""
     try:
-        recipe = Recipe.model_validate(tree)
+        return schema.model_validate(tree)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err)) from None
+
+
+def build_recipe(tree: dict) -> Recipe:
+    recipe = validate(Recipe, tree)
     recipe.model_settings()  # validates model.* fields now, before any work
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def read_tree(path: str | Path, overrides: list[str], what: str, shipped: str) -> dict:
+    """A recipe file (`what`: recipe or zoo recipe) as a settings tree, its name defaulting
+    to the file's stem, with the overrides applied."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe {path} not found (the shipped ones are in recipes/)")
+        raise RecipeError(f"{what} {path} not found ({shipped})")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -206,7 +213,11 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     tree.setdefault("name", path.stem)
     for text in overrides:
         apply_override(tree, *parse_override(text))
-    return build_recipe(tree)
+    return tree
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    return build_recipe(read_tree(path, overrides, "recipe", "the shipped ones are in recipes/"))
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

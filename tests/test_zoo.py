@@ -187,3 +187,7 @@ def test_bad_zoo_recipe_names_the_key(tmp_path, capsys):
                        pretraining={"mae": MICRO["pretraining"]["mae"]})
     assert main(["plan", str(bad)]) == 2
     assert "needs pretraining.simclr" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    assert main(["plan", str(broken)]) == 2
+    assert capsys.readouterr().err.startswith(f"mlit.zoo: {broken}: not valid YAML (")

@@ -4,15 +4,12 @@ one-stage recipe of `mlit.train`, built here."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from mlit.config import (Data, Recipe, RecipeError, Stage, Strict, Train, apply_override,
-                         build_recipe, format_validation_error, parse_override)
+from mlit.config import Data, Recipe, Stage, Strict, Train, build_recipe, read_tree, validate
 
 # a backbone's pre-training variant -> the runner's stage that trains it
 STAGE_OF = {"mae": "pretrain", "supervised": "supervised", "simclr": "simclr"}
@@ -72,16 +69,7 @@ class ZooRecipe(Strict):
 
 
 def load_zoo_recipe(path: str | Path, overrides: list[str] = ()) -> ZooRecipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"zoo recipe {path} not found (the shipped one is recipes/zoo.yaml)")
-    tree = copy.deepcopy(yaml.safe_load(path.read_text()) or {})
-    tree.setdefault("name", path.stem)
-    for text in overrides:
-        apply_override(tree, *parse_override(text))
-    try:
-        zoo = ZooRecipe.model_validate(tree)
-    except ValidationError as err:
-        raise RecipeError(format_validation_error(err)) from None
+    tree = read_tree(path, overrides, "zoo recipe", "the shipped one is recipes/zoo.yaml")
+    zoo = validate(ZooRecipe, tree)
     zoo.backbone_recipe(zoo.backbones[0].kind, 0, "check")  # model fields, stage rules
     return zoo
