@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from mlit.config import Augment
-from mlit.data.transforms import POLICIES
+from mlit.data.transforms import POLICIES, color_jitter
 
 
 def dataset_to_uint8(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,22 +46,33 @@ def dataset_to_uint8(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
 
 
-def sample_boxes(n: int, height: int, width: int, scale, ratio, generator, device,
-                 attempts: int = 10):
-    """torchvision's RandomResizedCrop.get_params for n images at once: (top, left, h, w)."""
-    area = height * width
-    u = torch.rand(n, attempts, 4, generator=generator, device=device)
+def box_attempts(u: torch.Tensor, area: int, scale, ratio):
+    """torchvision's draws for a random box, every attempt at once: u (n, attempts, 4)
+    uniform -> (sqrt(a * r), sqrt(a / r)) rounded, a uniform in scale * area, r log-uniform."""
     target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
-    w = torch.round(torch.sqrt(target * aspect))
-    h = torch.round(torch.sqrt(target / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.float().argmax(1, keepdim=True)  # the first attempt that fits
-    found = ok.any(1)
-    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    return torch.round(torch.sqrt(target * aspect)), torch.round(torch.sqrt(target / aspect))
+
+
+def first_fit(u: torch.Tensor, ok: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+              height: int, width: int):
+    """Per image, the first attempt that fits (`ok`), placed uniformly: (top, left, h, w)."""
+    first = ok.float().argmax(1, keepdim=True)
+    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
     top = torch.floor(u[..., 2].gather(1, first)[:, 0] * (height - h + 1))
     left = torch.floor(u[..., 3].gather(1, first)[:, 0] * (width - w + 1))
+    return top, left, h, w
+
+
+def sample_boxes(n: int, height: int, width: int, scale, ratio, generator, device,
+                 attempts: int = 10):
+    """torchvision's RandomResizedCrop.get_params for n images at once: (top, left, h, w)."""
+    u = torch.rand(n, attempts, 4, generator=generator, device=device)
+    w, h = box_attempts(u, height * width, scale, ratio)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    found = ok.any(1)
+    top, left, h, w = first_fit(u, ok, h, w, height, width)
     # no attempt fitted: the whole image, clamped to the ratio range, centred
     in_ratio = width / height
     fw = float(width) if ratio[0] <= in_ratio <= ratio[1] else (
@@ -127,16 +138,9 @@ def random_erasing(x: torch.Tensor, p: float, generator, scale=(0.02, 0.33),
     n, _, H, W = x.shape
     device = x.device
     u = torch.rand(n, attempts, 4, generator=generator, device=device)
-    area = H * W * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
-    h = torch.round(torch.sqrt(area * aspect))
-    w = torch.round(torch.sqrt(area / aspect))
+    h, w = box_attempts(u, H * W, scale, ratio)  # erasing draws the height first
     ok = (h < H) & (w < W)
-    first = ok.float().argmax(1, keepdim=True)
-    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
-    top = torch.floor(u[..., 2].gather(1, first)[:, 0] * (H - h + 1))
-    left = torch.floor(u[..., 3].gather(1, first)[:, 0] * (W - w + 1))
+    top, left, h, w = first_fit(u, ok, h, w, H, W)
     erase = ok.any(1) & (torch.rand(n, generator=generator, device=device) < p)
     rows = torch.arange(H, device=device).view(1, H, 1)
     cols = torch.arange(W, device=device).view(1, 1, W)
@@ -174,10 +178,7 @@ class DeviceLoader:
         if aug is not None and (aug.color_jitter or aug.grayscale or aug.auto_augment):
             x = x.round_().clamp_(0, 255).to(torch.uint8)
             if aug.color_jitter:
-                s = aug.color_jitter
-                jitter = v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)],
-                                        p=0.8)
-                x = per_group(x, jitter, self.group_size)
+                x = per_group(x, color_jitter(aug.color_jitter), self.group_size)
             if aug.grayscale:
                 gray = v2.functional.rgb_to_grayscale(x, num_output_channels=3)
                 pick = torch.rand(len(x), generator=self.generator, device=x.device) < aug.grayscale

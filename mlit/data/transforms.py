@@ -15,6 +15,12 @@ def to_normalized_tensor(mean, std) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
+def color_jitter(strength: float) -> v2.RandomApply:
+    """SimCLR's colour distortion of strength s: jitter(0.8s, 0.8s, 0.8s, 0.2s), p = 0.8."""
+    s = strength
+    return v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8)
+
+
 def train_transform(aug: Augment, size: int, mean, std) -> v2.Compose:
     steps = [v2.RandomResizedCrop((size, size), scale=aug.crop_scale, antialias=True)
              if aug.random_resized_crop else v2.Resize((size, size), antialias=True)]
@@ -23,8 +29,7 @@ def train_transform(aug: Augment, size: int, mean, std) -> v2.Compose:
     if aug.rotation:
         steps.append(v2.RandomRotation(aug.rotation))
     if aug.color_jitter:
-        s = aug.color_jitter
-        steps.append(v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8))
+        steps.append(color_jitter(aug.color_jitter))
     if aug.grayscale:
         steps.append(v2.RandomGrayscale(p=aug.grayscale))
     if aug.auto_augment:
