@@ -1,4 +1,4 @@
-"""One training step, one epoch, and evaluation: the code every stage, the zoo and the
+"""One training step and evaluation: the code every stage, the zoo and the
 analyses share. Mixed precision: fp16 with a gradient scaler (the paper's), or bf16."""
 
 from __future__ import annotations
@@ -114,6 +114,17 @@ def train_step(model, images, targets, optimizer, scaler, precision: Precision,
     return parts
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Evaluation mode inside the block; the model's own mode restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def expert_load(model: nn.Module) -> list[torch.Tensor]:
     """Share of routed tokens per expert, for every MoE layer (encoder, then decoder)."""
     return [m.last_load.float() / m.last_load.sum().clamp(min=1)
@@ -124,13 +135,12 @@ def expert_load(model: nn.Module) -> list[torch.Tensor]:
 def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
     """Classifiers: top-1 accuracy (a fraction) and cross-entropy. MAE: its losses on a fixed
     mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare."""
-    was_training = model.training
-    model.eval()
     device = precision.device
     total, correct = 0, 0
     sums: dict[str, float] = {}
     gen = torch.Generator(device=device).manual_seed(0)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda_rngs = [device] if device.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=cuda_rngs):
         torch.manual_seed(0)  # SimCLR's evaluation views
         for images, targets in loader:
             images = to_device(images, device)
@@ -150,7 +160,6 @@ def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             total += n
-    model.train(was_training)
     metrics = {k: v / total for k, v in sums.items()}
     if isinstance(model, MLiT):
         metrics = {"acc": correct / total, **metrics}
@@ -160,15 +169,13 @@ def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]
 @torch.no_grad()
 def predict(model: MLiT, loader, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted classes and targets over a loader, on the CPU (for agreement analyses)."""
-    was_training = model.training
-    model.eval()
     preds, targets = [], []
-    for images, y in loader:
-        with precision.autocast():
-            logits, _ = model(to_device(images, precision.device))
-        preds.append(logits.argmax(1).cpu())
-        targets.append(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for images, y in loader:
+            with precision.autocast():
+                logits, _ = model(to_device(images, precision.device))
+            preds.append(logits.argmax(1).cpu())
+            targets.append(y)
     return torch.cat(preds), torch.cat(targets)
 
 
@@ -176,10 +183,8 @@ def predict(model: MLiT, loader, precision: Precision) -> tuple[torch.Tensor, to
 def reconstruction_grid(mae: MaskedAutoEncoder, images: torch.Tensor, mean, std):
     """Rows of (original, masked input, reconstruction with the visible patches pasted back),
     in pixel space, for TensorBoard."""
-    was_training = mae.training
-    mae.eval()
-    out = mae(images, generator=torch.Generator(device=images.device).manual_seed(0))
-    mae.train(was_training)
+    with eval_mode(mae):
+        out = mae(images, generator=torch.Generator(device=images.device).manual_seed(0))
     p, c = mae.cfg.patch_size, mae.cfg.in_channels
     target = patchify(images, p)
     mask = out.mask.unsqueeze(-1)
