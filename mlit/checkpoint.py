@@ -31,6 +31,11 @@ def save_atomic(obj, path: str | Path) -> None:
         raise
 
 
+def epoch_path(stage_dir: str | Path, epoch: int) -> Path:
+    """Where a run that keeps every epoch writes that epoch's weights (the zoo layout)."""
+    return Path(stage_dir) / f"checkpoint_{epoch:06d}" / "model.pt"
+
+
 def load(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():

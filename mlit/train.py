@@ -106,7 +106,7 @@ class StageRun:
     def save_epoch_checkpoint(self) -> None:
         """The zoo keeps every epoch's weights: checkpoint_0000XY/model.pt."""
         ckpt.save_atomic({"model": self.model.state_dict(), "epoch": self.epoch},
-                         self.dir / f"checkpoint_{self.epoch:06d}" / "model.pt")
+                         ckpt.epoch_path(self.dir, self.epoch))
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True when the stage had finished."""

@@ -71,8 +71,7 @@ class ZooModel:
     def state(self, epoch: int | None = None) -> dict:
         epoch = self.epochs[-1] if epoch is None else epoch
         if epoch not in self._states:
-            path = self.dir / f"checkpoint_{epoch:06d}" / "model.pt"
-            state = ckpt.load(path)["model"]
+            state = ckpt.load(ckpt.epoch_path(self.dir, epoch))["model"]
             if epoch != self.epochs[-1]:
                 return state  # only the final state stays in memory
             self._states[epoch] = state

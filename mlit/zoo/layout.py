@@ -42,7 +42,7 @@ def load(zoo_dir: str | Path, model: str, epoch: int | None = None):
         if not saved:
             raise ckpt.CheckpointMissing(f"{model_dir} has no checkpoint yet")
         epoch = saved[-1]
-    state = ckpt.load(model_dir / f"checkpoint_{epoch:06d}" / "model.pt")["model"]
+    state = ckpt.load(ckpt.epoch_path(model_dir, epoch))["model"]
     return json.loads(config_path.read_text()), read_results(model_dir), state
 
 
