@@ -120,7 +120,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _stages_fit(self):
         if not any(getattr(self, s) for s in STAGE_ORDER):
-            raise ValueError("a recipe needs at least one of pretrain, finetune, supervised")
+            raise ValueError("a recipe needs at least one of pretrain, simclr, finetune, supervised")
         if self.finetune and self.supervised:
             raise ValueError("finetune and supervised exclude each other: pick one")
         if self.pretrain and self.simclr:

@@ -25,12 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 
 import mlit
 from mlit.config import Augment, Stage
+from mlit.data.datasets import INFO
 from mlit.data.device import DeviceLoader
 from mlit.data.transforms import train_transform
 from mlit.engine import select_precision, train_step
 from mlit.optim import build_optimizer
 
-MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+MEAN, STD = INFO["cifar100"].mean, INFO["cifar100"].std
 MAE_AUG = Augment(crop_scale=(0.2, 1.0), hflip=True)
 FT_AUG = Augment(crop_scale=(0.2, 1.0), hflip=True, auto_augment="cifar10")
 MAE_BATCH = {"mlit_s": 840, "mlit_xs": 1280, "mlit_xxs": 1280}  # paper Table 3

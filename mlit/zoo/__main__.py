@@ -58,12 +58,12 @@ def main(argv=None) -> int:
     from mlit.zoo.recipe import load_zoo_recipe
 
     try:
+        if args.command in ("analyze", "status") and not Path(args.zoo_dir).is_dir():
+            raise RecipeError(f"{args.zoo_dir}: no such zoo folder")
         if args.command == "analyze":
             from mlit.zoo.analysis import ZooAnalysis
             from mlit.zoo.report import write_report
 
-            if not Path(args.zoo_dir).is_dir():
-                raise RecipeError(f"{args.zoo_dir}: no such zoo folder")
             result = ZooAnalysis(args.zoo_dir, args.device, args.batch_size, args.window,
                                  args.mother_lambda, args.longitudinal_models).run()
             report = write_report(result, args.out or Path(args.zoo_dir) / "analysis")
@@ -72,8 +72,6 @@ def main(argv=None) -> int:
         if args.command == "status":
             from mlit.zoo.layout import summarize
 
-            if not Path(args.zoo_dir).is_dir():
-                raise RecipeError(f"{args.zoo_dir}: no such zoo folder")
             states = summarize(args.zoo_dir)
             if args.json:
                 print(json.dumps(states, indent=2))
