@@ -1,34 +1,34 @@
-"""Checkpoints written atomically (a temp file in the same folder, fsync, rename), so a run
-killed mid-write leaves the previous checkpoint intact, and resume state read back."""
+"""Run checkpoints: written atomically (serialised in memory, then a synced temporary file and
+a rename), so a run killed mid-write keeps the previous checkpoint intact; read back with
+`torch.load(weights_only=True)`, so opening a file runs no code from it; RNG state for exact
+resume. What a checkpoint holds is described in docs/architecture.md ("Files").
+"""
 
 from __future__ import annotations
 
-import os
+import io
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mlit.files import write_bytes_atomic
 
-class CheckpointMissing(FileNotFoundError):
-    """A checkpoint named by a recipe does not exist or is unreadable."""
+# numpy's legacy RNG state as older checkpoints stored it (an ndarray of uint32 keys); new
+# checkpoints store plain lists, which weights_only loading accepts without this list
+_NUMPY_GLOBALS = [np.ndarray, np.dtype, np._core.multiarray._reconstruct,
+                  type(np.dtype(np.uint32))]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, damaged or not the one expected; one line."""
 
 
 def save_atomic(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def epoch_path(stage_dir: str | Path, epoch: int) -> Path:
@@ -36,18 +36,32 @@ def epoch_path(stage_dir: str | Path, epoch: int) -> Path:
     return Path(stage_dir) / f"checkpoint_{epoch:06d}" / "model.pt"
 
 
+def first_line(err: BaseException, limit: int = 120) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def load(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint as a dict, or CheckpointError naming the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointMissing(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise CheckpointMissing(f"checkpoint {path} cannot be read ({err})") from None
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, empty, random bytes, a pickle of other objects
+        raise CheckpointError(f"{path} is not a readable checkpoint (damaged, truncated or "
+                              f"another format: {first_line(err) or type(err).__name__})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not an mLiT checkpoint (it holds a "
+                              f"{type(obj).__name__}, not a dict of weights)")
+    return obj
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {"torch": torch.get_rng_state(),
+             "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -56,7 +70,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -66,12 +81,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def encoder_state(checkpoint: dict) -> dict:
-    """The encoder's weights from an MAE or classifier checkpoint."""
-    model = checkpoint.get("model", checkpoint)
-    state = {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")}
-    if not state:
-        raise CheckpointMissing("checkpoint holds no encoder weights (keys 'encoder.*')")
-    return state

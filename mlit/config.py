@@ -6,7 +6,8 @@ A recipe has up to three stages, run in this order: a pre-training stage, `pretr
 or `simclr` (contrastive), then `finetune` (classification from a pre-trained encoder: the
 pre-training stage of the same recipe or `finetune.init`), or `supervised` (classification
 from scratch). Any bad key, type or value
-raises RecipeError with one line that names the key.
+raises RecipeError with one line that names the key (and, for a YAML problem, the line).
+Settings that may change when a run is resumed are listed in SAFE_ON_RESUME.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import copy
 from pathlib import Path
 from typing import Literal, Optional
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from mlit.model_config import MLiTConfig
 from mlit.registry import model_config
@@ -29,7 +32,14 @@ class RecipeError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # unknown keys are errors; .inf and .nan are rejected wherever a number is expected
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def ordered_range(pair: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+    if not low <= pair[0] <= pair[1] <= high:
+        raise ValueError(f"needs {low} <= low <= high <= {high} (got {list(pair)})")
+    return pair
 
 
 class Augment(Strict):
@@ -44,6 +54,13 @@ class Augment(Strict):
     cutmix: float = Field(0.0, ge=0)  # Beta(alpha, alpha); 0 is off
     color_jitter: float = Field(0.0, ge=0)  # SimCLR's strength s: jitter(0.8s, 0.8s, 0.8s, 0.2s), p=0.8
     grayscale: float = Field(0.0, ge=0, le=1)  # probability
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_ordered(cls, v):
+        if v[0] <= 0:
+            raise ValueError(f"the smallest crop must cover some of the image (got {list(v)})")
+        return ordered_range(v, 0.0, 1.0)
 
 
 class Stage(Strict):
@@ -73,6 +90,13 @@ class Stage(Strict):
     eval_train: bool = False
     epoch_checkpoints: bool = False
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v):
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"each beta must be in [0, 1) (got {list(v)})")
+        return v
+
     @model_validator(mode="after")
     def _warmup_fits(self):
         if self.warmup_epochs > self.epochs:
@@ -94,8 +118,11 @@ class Data(Strict):
     pipeline: Literal["auto", "torchvision", "device"] = "auto"
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 class Train(Strict):
-    device: str = "auto"  # auto: cuda if available, else cpu
+    device: str = "auto"  # auto: cuda if available, else cpu; or cpu, cuda, cuda:N, mps
     amp: Literal["auto", "fp16", "bf16", "fp32"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     seed: int = 0
     out: Optional[str] = None  # default runs/<recipe name>
@@ -105,6 +132,22 @@ class Train(Strict):
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads
     compile: bool = False  # torch.compile the training step's model (Triton MoE included)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    # false: start over in train.out, deleting the checkpoints and logs an earlier run left
+    resume: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        try:
+            kind = torch.device(v).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in DEVICE_TYPES:
+            raise ValueError(f"{v!r} is not a device mlit runs on (auto, cpu, cuda, cuda:N, "
+                             "mps)")
+        return v
 
 
 class Recipe(Strict):
@@ -150,11 +193,47 @@ class Recipe(Strict):
 
 
 # -- loading ------------------------------------------------------------------------------
+class StrictYAMLLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (a second `pretrain:`
+    block, a repeated `epochs:`), as strict YAML loaders do, instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} at line {line} (first at line "
+                    f"{seen[key]})", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text as Python objects, or RecipeError with the line and column of the problem."""
+    try:
+        return yaml.load(text, Loader=StrictYAMLLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if problem.startswith("duplicate key"):
+            raise RecipeError(f"{where}: {problem}") from None
+        raise RecipeError(f"{where}: not valid YAML{at} ({problem})") from None
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise RecipeError(f"override {text!r}: expected key=value, e.g. finetune.epochs=10")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    path = key.strip().split(".")
+    if not all(path):
+        raise RecipeError(f"override {text!r}: no key before '=' (or an empty part in it), "
+                          "expected key=value, e.g. finetune.epochs=10")
+    return path, parse_yaml(value, f"override {text!r}") if value.strip() else None
 
 
 def apply_override(tree: dict, path: list[str], value) -> None:
@@ -203,10 +282,14 @@ def read_tree(path: str | Path, overrides: list[str], what: str, shipped: str) -
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{what} {path} not found ({shipped})")
+    raw = path.read_bytes()
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML ({err.problem})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise RecipeError(f"{path}: not a YAML text file (binary content)")
+    tree = parse_yaml(text, str(path)) or {}
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections")
     tree = copy.deepcopy(tree)
@@ -222,3 +305,41 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+# -- resuming -----------------------------------------------------------------------------
+# Fields a resumed run may change: where and how it runs, how often it logs and checkpoints,
+# how it finds its data; none changes what is trained. Every other change is refused, because
+# the run folder's checkpoints belong to the recipe in its recipe.yaml.
+SAFE_ON_RESUME = {"name", "train.out", "train.resume", "train.stop_after_epochs",
+                  "train.progress", "train.log_every", "train.threads", "train.compile",
+                  "train.compile_mode", "train.device", "data.root", "data.download",
+                  "data.num_workers", "data.pipeline", "model.moe_impl"}
+SAFE_STAGE_FIELDS = {"eval_every", "checkpoint_every"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resolved_fields(recipe: Recipe) -> dict[str, object]:
+    """Every setting as dotted keys, the model as the full configuration it builds."""
+    tree = recipe.model_dump(mode="json", exclude_none=True)
+    tree["model"] = {"name": recipe.model["name"], **{
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in vars(recipe.model_settings()).items()}}
+    return flatten(tree)
+
+
+def changed_fields(old: Recipe, new: Recipe) -> list[tuple[str, object, object]]:
+    """(key, old, new) for every setting that differs and may not change on resume."""
+    a, b = resolved_fields(old), resolved_fields(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in SAFE_ON_RESUME
+            and k.split(".")[-1] not in SAFE_STAGE_FIELDS]

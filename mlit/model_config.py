@@ -7,6 +7,7 @@ can change it. `validate()` turns impossible shapes into a ValueError that names
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 HEADS = ("linear", "mlp")
@@ -61,8 +62,30 @@ class MLiTConfig:
     simclr_temperature: float = 0.2
 
     def __post_init__(self) -> None:
-        self.expert_stages = tuple(int(e) for e in self.expert_stages)
+        self.check_types()
+        self.expert_stages = tuple(self.expert_stages)
         self.validate()
+
+    def check_types(self) -> None:
+        """Every field holds a value of its declared type (before any arithmetic on it)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if kind == "int":
+                ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif kind == "float":
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and math.isfinite(value))
+                want = "a finite number"
+            elif kind == "bool":
+                ok, want = isinstance(value, bool), "true or false"
+            elif kind == "str":
+                ok, want = isinstance(value, str), "a string"
+            else:  # tuple[int, ...]
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(e, int) and not isinstance(e, bool) for e in value)
+                want = "a list of integers"
+            if not ok:
+                raise ValueError(f"{f.name}={value!r}: must be {want}")
 
     # -- derived sizes -------------------------------------------------------------------
     @property
@@ -134,7 +157,10 @@ class MLiTConfig:
              f"cannot exceed decoder_num_experts={self.decoder_num_experts}")
         for name in ("expert_dropout", "drop_path"):
             need(0.0 <= getattr(self, name) < 1.0, name, "must be in [0, 1)")
-        need(0.0 <= self.mask_ratio < 1.0, "mask_ratio", "must be in [0, 1)")
+        kept = int(self.num_patches * (1 - self.mask_ratio)) if 0 <= self.mask_ratio <= 1 else -1
+        need(1 <= kept < self.num_patches, "mask_ratio",
+             f"must leave at least one of the {self.num_patches} patches visible and one "
+             f"masked (keeps {max(kept, 0)})")
         need(self.simclr_temperature > 0, "simclr_temperature", "must be positive")
         need(self.head in HEADS, "head", f"must be one of {', '.join(HEADS)}")
         need(self.moe_impl in MOE_IMPLS, "moe_impl", f"must be one of {', '.join(MOE_IMPLS)}")

@@ -5,12 +5,17 @@
 
 Output under `train.out` (default runs/<recipe name>): recipe.yaml (resolved), one folder per
 stage with checkpoint.pt (the last, written atomically), metrics.jsonl (one line per epoch),
-tb/ (TensorBoard) and summary.json. Running the same command again resumes.
+tb/ (TensorBoard) and summary.json. Running the same command again resumes; one process at a
+time writes a run folder (a second one exits with the holder's PID).
+
+Exit status: 0 done; 1 a fault at run time (a non-finite loss, a full disk), with the last good
+checkpoint named; 2 bad input (recipe, dataset, checkpoint, busy folder), before any work.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,16 +24,22 @@ import torch
 from tqdm import tqdm
 
 from mlit import checkpoint as ckpt
-from mlit.config import Recipe, RecipeError, Stage, load_recipe, recipe_to_yaml
-from mlit.data.datasets import INFO, DatasetMissing
+from mlit import modelfile
+from mlit.config import (STAGE_ORDER, Recipe, RecipeError, Stage, build_recipe,
+                         changed_fields, load_recipe, parse_yaml, recipe_to_yaml)
+from mlit.data.datasets import INFO, DatasetError
 from mlit.data.loaders import epoch_seed, eval_loader, train_loader
 from mlit.data.transforms import batch_mixing
 from mlit.encoder import MLiT, build_head
 from mlit.engine import (NonFiniteLoss, Precision, StepTracker, evaluate, expert_load,
                          reconstruction_grid, select_precision, to_device, train_step)
+from mlit.files import (DamagedFile, DiskFull, append_jsonl, jsonl_text, read_jsonl,
+                        remove_orphans, write_json, write_jsonl, write_text_atomic)
+from mlit.lock import FolderBusy, FolderLock
 from mlit.mae import MaskedAutoEncoder
-from mlit.simclr import SimCLR
 from mlit.optim import build_optimizer, lr_at, set_lr
+from mlit.simclr import SimCLR
+from mlit.tensorboard import TensorBoard
 
 
 def output_dir(recipe: Recipe) -> Path:
@@ -90,23 +101,35 @@ class StageRun:
         self.total_steps = stage.epochs * self.steps_per_epoch
         self.warmup_steps = round(stage.warmup_epochs * self.steps_per_epoch)
         self.epoch, self.step, self.result = 0, 0, {}
+        self.saved_epoch = 0
 
     # -- checkpoints ------------------------------------------------------------------------
     @property
     def last_path(self) -> Path:
         return self.dir / "checkpoint.pt"
 
+    def model_record(self) -> dict:
+        """What any file holding this stage's weights carries to rebuild the model alone."""
+        return {"model": self.model.state_dict(), "kind": self.kind,
+                "model_name": self.recipe.model["name"], "model_config": vars(self.model.cfg),
+                "epoch": self.epoch}
+
     def save(self) -> None:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
-                 "rng": ckpt.rng_state(), "result": self.result, "kind": self.kind,
-                 "model_config": vars(self.model.cfg)}
+        state = {**self.model_record(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "step": self.step,
+                 "rng": ckpt.rng_state(), "result": self.result}
         ckpt.save_atomic(state, self.last_path)
+        self.saved_epoch = self.epoch
 
     def save_epoch_checkpoint(self) -> None:
         """The zoo keeps every epoch's weights: checkpoint_0000XY/model.pt."""
-        ckpt.save_atomic({"model": self.model.state_dict(), "epoch": self.epoch},
-                         ckpt.epoch_path(self.dir, self.epoch))
+        ckpt.save_atomic(self.model_record(), ckpt.epoch_path(self.dir, self.epoch))
+
+    def last_good(self) -> str:
+        """The checkpoint a rerun would resume from, for error messages."""
+        if not self.last_path.exists():
+            return "none yet"
+        return f"{self.last_path} (epoch {self.saved_epoch})"
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True when the stage had finished."""
@@ -116,10 +139,11 @@ class StageRun:
         # on the CPU: RNG states must stay CPU tensors; the module and the optimiser copy
         # their tensors to the parameters' device themselves
         state = ckpt.load(self.last_path)
-        self.model.load_state_dict(state["model"])
+        modelfile.load_weights(self.model, state.get("model", {}), str(self.last_path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.result = state["epoch"], state["step"], state["result"]
+        self.saved_epoch = self.epoch
         ckpt.set_rng_state(state["rng"])
         self.truncate_metrics(after=self.epoch)
         return self.epoch >= self.stage.epochs
@@ -127,12 +151,11 @@ class StageRun:
     def truncate_metrics(self, after: int) -> None:
         """Drop this stage's metric lines of epochs after `after`, written by a run that was
         killed before its next checkpoint."""
-        if not self.metrics_path.exists():
-            return
-        lines = self.metrics_path.read_text().splitlines()
-        keep = [l for l in lines if not ((r := json.loads(l))["stage"] == self.kind
-                                         and r["epoch"] > after)]
-        self.metrics_path.write_text("".join(l + "\n" for l in keep))
+        if self.metrics_path.exists():  # rewritten whole: also drops a partial last line
+            keep = [r for r in read_jsonl(self.metrics_path)
+                    if not (r.get("stage") == self.kind and r.get("epoch", 0) > after)]
+            if jsonl_text(keep) != self.metrics_path.read_text(errors="replace"):
+                write_jsonl(self.metrics_path, keep)
 
     # -- training ---------------------------------------------------------------------------
     def run_epoch(self, bar) -> dict:
@@ -186,8 +209,7 @@ class StageRun:
         return metrics
 
     def write_record(self, record: dict) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.metrics_path, record)
 
     def record_start(self) -> None:
         """Epoch 0: the model before any training (zoo)."""
@@ -237,46 +259,110 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name}: CUDA is not available here")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={name}: CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device={name}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"train.device={name}: MPS is not available here")
     return device
+
+
+# -- the run folder -----------------------------------------------------------------------
+RUN_FILES = ("metrics.jsonl", "summary.json")
+
+
+def saved_recipe(path: Path) -> Recipe:
+    """The recipe.yaml an earlier run of this folder wrote."""
+    try:
+        return build_recipe(parse_yaml(path.read_text(), str(path)))
+    except (RecipeError, OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path} cannot be read back ({err}): add train.resume=false to "
+                          "start over there, or choose another train.out") from None
+
+
+def clear_run(out: Path) -> None:
+    """train.resume=false: forget the earlier run, its checkpoints and logs."""
+    for kind in STAGE_ORDER:
+        shutil.rmtree(out / kind, ignore_errors=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def prepare_run_folder(out: Path, recipe: Recipe) -> None:
+    """Under the folder's lock: drop what killed writes left, then either start over
+    (train.resume=false), or check that the checkpoints there belong to this recipe."""
+    remove_orphans(out)
+    recipe_path = out / "recipe.yaml"
+    if not recipe.train.resume:
+        clear_run(out)
+    elif recipe_path.exists() and any(out.glob("*/checkpoint.pt")):
+        changes = changed_fields(saved_recipe(recipe_path), recipe)
+        if changes:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:5])
+            more = f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
+            raise RecipeError(
+                f"{out} holds checkpoints of another recipe ({listed}{more}): add "
+                "train.resume=false to start over there, or choose another train.out")
+    text = recipe_to_yaml(recipe)
+    if not recipe_path.exists() or recipe_path.read_text(errors="replace") != text:
+        write_text_atomic(recipe_path, text)
+
+
+def pretrained_encoder(recipe: Recipe, out: Path, stage: Stage) -> dict:
+    """The encoder a fine-tune starts from: finetune.init, or this run's pre-training."""
+    source = stage.init or out / recipe.pretraining_stage() / "checkpoint.pt"
+    key = "finetune.init" if stage.init else f"the {recipe.pretraining_stage()} checkpoint"
+    return modelfile.encoder_for(source, recipe.model_settings(), recipe.model["name"], key)
 
 
 def run(recipe: Recipe) -> dict:
     """Every stage of the recipe in order; returns (and writes) the summary."""
-    from torch.utils.tensorboard import SummaryWriter
-
     out = output_dir(recipe)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    with FolderLock(out):
+        try:
+            prepare_run_folder(out, recipe)
+            return run_stages(recipe, out)
+        except DiskFull as err:
+            if not err.last_good:  # failed outside a stage: name the newest checkpoint
+                saved = [out / k / "checkpoint.pt" for k in STAGE_ORDER]
+                err.last_good = next((str(p) for p in reversed(saved) if p.exists()), "")
+            raise
+
+
+def run_stages(recipe: Recipe, out: Path) -> dict:
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     precision = select_precision(select_device(recipe.train.device), recipe.train.amp)
-    writer = SummaryWriter(str(out / "tb"))
     summary: dict = {"recipe": recipe.name, "device": str(precision.device),
                      "dtype": str(precision.dtype).removeprefix("torch."), "stages": {}}
     encoder_init = None
+    writer = TensorBoard(out / "tb")
     try:
         for kind, stage in recipe.stages():
             if kind == "finetune":
-                source = stage.init or out / recipe.pretraining_stage() / "checkpoint.pt"
-                encoder_init = ckpt.encoder_state(ckpt.load(source))
+                encoder_init = pretrained_encoder(recipe, out, stage)
             stage_run = StageRun(recipe, kind, stage, out, precision, writer, encoder_init)
             try:
                 result = stage_run.run()
             except NonFiniteLoss as err:
-                last = stage_run.last_path if stage_run.last_path.exists() else "none yet"
-                err.where = f"stage {kind}; last good checkpoint: {last}"
+                err.where = f"stage {kind}; last good checkpoint: {stage_run.last_good()}"
+                raise
+            except DiskFull as err:
+                err.last_good = stage_run.last_good()
                 raise
             summary["stages"][kind] = result
             if result.get("epoch", 0) < stage.epochs:  # stopped early by stop_after_epochs
                 summary["incomplete"] = kind
                 break
     finally:
-        writer.close()
+        writer.close(quiet=sys.exc_info()[0] is not None)
     last = summary["stages"][next(reversed(summary["stages"]))]
     summary.update({k: v for k, v in last.items() if k.startswith("test_")})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -288,7 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(argv[0], argv[1:])
         summary = run(recipe)
-    except (RecipeError, DatasetMissing, ckpt.CheckpointMissing, ValueError) as err:
+    except FolderBusy as err:
+        print(f"mlit.train: {err}: wait for it to finish, or choose another train.out",
+              file=sys.stderr)
+        return 2
+    except DiskFull as err:
+        last = err.last_good or "none yet"
+        print(f"mlit.train: {err}; the last good checkpoint is {last}", file=sys.stderr)
+        return 1
+    except (RecipeError, DatasetError, ckpt.CheckpointError, DamagedFile, ValueError) as err:
         # ValueError: settings that only fail once the run starts (device, amp, batch size)
         print(f"mlit.train: {err}", file=sys.stderr)
         return 2

@@ -190,4 +190,5 @@ def test_bad_zoo_recipe_names_the_key(tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: [unclosed\n")
     assert main(["plan", str(broken)]) == 2
-    assert capsys.readouterr().err.startswith(f"mlit.zoo: {broken}: not valid YAML (")
+    assert capsys.readouterr().err.startswith(
+        f"mlit.zoo: {broken}: not valid YAML at line 2, column 1 (")

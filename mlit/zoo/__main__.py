@@ -109,11 +109,15 @@ def main(argv=None) -> int:
         print(f"mlit.zoo: {err}", file=sys.stderr)
         return 2
     print(json.dumps({k: len(v) for k, v in outcome.items()}), file=sys.stderr)
+    if outcome.get("busy"):
+        print(f"mlit.zoo: {len(outcome['busy'])} models are being trained by another runner; "
+              "skipped them", file=sys.stderr)
     if outcome.get("waiting"):
         print(f"mlit.zoo: {len(outcome['waiting'])} fine-tunes wait for backbones that are "
               "not done (another shard's, or failed); run again once they are",
               file=sys.stderr)
-    return 1 if outcome.get("failed") else 3 if outcome.get("waiting") else 0
+    return 1 if outcome.get("failed") else 3 if outcome.get("waiting") or \
+        outcome.get("busy") else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from mlit import checkpoint as ckpt
+from mlit.files import read_jsonl, write_json
 
 
 def model_dirs(zoo_dir: str | Path) -> list[Path]:
@@ -19,10 +20,7 @@ def model_dirs(zoo_dir: str | Path) -> list[Path]:
 
 
 def read_results(model_dir: Path) -> list[dict]:
-    path = Path(model_dir) / "result.json"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(model_dir) / "result.json")
 
 
 def epochs_saved(model_dir: Path) -> list[int]:
@@ -36,20 +34,14 @@ def load(zoo_dir: str | Path, model: str, epoch: int | None = None):
     model_dir = Path(zoo_dir) / model
     config_path = model_dir / "config.json"
     if not config_path.exists():
-        raise ckpt.CheckpointMissing(f"no zoo model at {model_dir} (no config.json)")
+        raise ckpt.CheckpointError(f"no zoo model at {model_dir} (no config.json)")
     saved = epochs_saved(model_dir)
     if epoch is None:
         if not saved:
-            raise ckpt.CheckpointMissing(f"{model_dir} has no checkpoint yet")
+            raise ckpt.CheckpointError(f"{model_dir} has no checkpoint yet")
         epoch = saved[-1]
     state = ckpt.load(ckpt.epoch_path(model_dir, epoch))["model"]
     return json.loads(config_path.read_text()), read_results(model_dir), state
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def set_status(model_dir: Path, state: str, **extra) -> None:

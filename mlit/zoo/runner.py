@@ -1,5 +1,9 @@
 """Train zoo runs through the runner's own StageRun: what is complete is skipped, what was
-interrupted resumes from its last epoch, and each run's files follow the zoo layout."""
+interrupted resumes from its last epoch, and each run's files follow the zoo layout.
+
+A model folder is trained by one process at a time (mlit/lock.py): a runner that finds a
+folder locked by another one (another shard, a second launch on a shared filesystem) skips
+that model as `busy` and goes on with the rest."""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ import sys
 import traceback
 from pathlib import Path
 
-from mlit import checkpoint as ckpt
+from mlit import modelfile
 from mlit.config import recipe_to_yaml
 from mlit.engine import select_precision
+from mlit.files import remove_orphans, write_json, write_text_atomic
+from mlit.lock import FolderBusy, FolderLock
+from mlit.tensorboard import TensorBoard
 from mlit.train import StageRun, select_device
 from mlit.zoo import layout
 from mlit.zoo.plan import ZooRun
@@ -19,22 +26,30 @@ from mlit.zoo.plan import ZooRun
 def write_config(model_dir: Path, run: ZooRun, model_config) -> None:
     """config.json: the run's factors, the model as built, and every training setting."""
     recipe = run.recipe
-    layout.write_json(model_dir / "config.json", {
+    write_json(model_dir / "config.json", {
         "name": run.name, "path": run.path, "stage": run.kind, "backbone": run.backbone,
         "factors": run.factors, "model": {**vars(model_config), "name": recipe.model["name"]},
         "recipe": recipe.model_dump(mode="json", exclude_none=True)})
-    (model_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    write_text_atomic(model_dir / "recipe.yaml", recipe_to_yaml(recipe))
 
 
 def run_one(zoo_dir: str | Path, run: ZooRun) -> str:
-    """Train (or finish) one zoo model; returns its final state: done or failed."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    zoo_dir = Path(zoo_dir)
-    model_dir = zoo_dir / run.path
+    """Train (or finish) one zoo model; returns its final state: done, failed,
+    interrupted, or busy (another process holds the folder)."""
+    model_dir = Path(zoo_dir) / run.path
     if layout.status(model_dir) == "done":
         return "done"
-    model_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with FolderLock(model_dir):
+            if layout.status(model_dir) == "done":  # finished by another runner meanwhile
+                return "done"
+            return train_locked(model_dir, run)
+    except FolderBusy:
+        return "busy"
+
+
+def train_locked(model_dir: Path, run: ZooRun) -> str:
+    remove_orphans(model_dir)
     layout.set_status(model_dir, "running")
     recipe = run.recipe
     stage = getattr(recipe, run.kind)
@@ -42,13 +57,17 @@ def run_one(zoo_dir: str | Path, run: ZooRun) -> str:
         precision = select_precision(select_device(recipe.train.device), recipe.train.amp)
         encoder_init = None
         if run.kind == "finetune":
-            encoder_init = ckpt.encoder_state(ckpt.load(stage.init))
-        with SummaryWriter(str(model_dir / "tb")) as writer:
+            encoder_init = modelfile.encoder_for(stage.init, recipe.model_settings(),
+                                                 recipe.model["name"], "backbone")
+        writer = TensorBoard(model_dir / "tb")
+        try:
             stage_run = StageRun(recipe, run.kind, stage, model_dir, precision, writer,
                                  encoder_init, stage_dir=model_dir,
                                  metrics_path=model_dir / "result.json")
             write_config(model_dir, run, stage_run.model.cfg)
             result = stage_run.run()
+        finally:
+            writer.close(quiet=sys.exc_info()[0] is not None)
     except Exception as err:  # recorded for `zoo status`; the other runs go on
         layout.set_status(model_dir, "failed", error=f"{type(err).__name__}: {err}",
                           traceback=traceback.format_exc(limit=5))

@@ -1,0 +1,130 @@
+"""Files a run writes, written so that a crash or a full disk never leaves half of one.
+
+Every file is written whole to a temporary name in the same folder, synced and renamed over
+the old one (a rename is atomic on POSIX filesystems): a reader sees the old file or the new
+one, never a mixture. Line logs (metrics.jsonl, a zoo's result.json) are rewritten the same
+way, so a line is either whole or absent. A full disk becomes `DiskFull`, which names the file
+that could not be written; the caller adds which checkpoint is still good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# temporary files of atomic writes: ".<name>.<random>.tmp" beside the file they replace
+TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+class DiskFull(OSError):
+    """No space left (or quota exceeded) while writing `path`."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(errno.ENOSPC, "no space left on device", str(path))
+        self.path = Path(path)
+        self.last_good = ""  # filled in by the runner: the checkpoint a rerun resumes from
+
+    def __str__(self) -> str:
+        return f"no space left on device while writing {self.path}"
+
+
+class DamagedFile(ValueError):
+    """A file the project wrote earlier that cannot be read back."""
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path):
+    """Turn ENOSPC / EDQUOT raised inside the block into DiskFull(path)."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as err:
+        if err.errno in DISK_FULL_ERRNOS:
+            raise DiskFull(path) from None
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a synced temporary file and a rename."""
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.",
+                                   suffix=TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed mid-way left in `folder` (and the
+    per-epoch checkpoint folders below it). Only safe while holding the folder's lock."""
+    folder = Path(folder)
+    found = [*folder.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"),
+             *folder.glob(f"*/{TMP_PREFIX}*{TMP_SUFFIX}"),
+             *folder.glob(f"*/checkpoint_*/{TMP_PREFIX}*{TMP_SUFFIX}"),
+             *folder.glob(f"checkpoint_*/{TMP_PREFIX}*{TMP_SUFFIX}")]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+# -- JSON lines ---------------------------------------------------------------------------
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file. A partial last line (a crash mid-write by an older
+    writer) is dropped with a warning; a damaged line elsewhere is a DamagedFile error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                print(f"warning: {path}: dropped a partial last line (a write that did not "
+                      "finish)", file=sys.stderr)
+                break
+            raise DamagedFile(f"{path}: line {i + 1} is not JSON; the file is damaged") from None
+        if not isinstance(record, dict):
+            raise DamagedFile(f"{path}: line {i + 1} is not a JSON object")
+        records.append(record)
+    return records
+
+
+def jsonl_text(records: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    write_text_atomic(path, jsonl_text(records))
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Add one line. The file is rewritten whole (one small file per run, one line per
+    epoch), so after any crash the line is either there in full or not at all."""
+    write_jsonl(path, [*read_jsonl(path), record])

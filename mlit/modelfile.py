@@ -1,0 +1,201 @@
+"""What a model file holds, and the model it rebuilds: `mlit.load(path)`.
+
+Two formats, one reader:
+- `.pt`: a checkpoint the runner or the zoo wrote: {"model": state dict, "model_config": the
+  MLiTConfig fields, "model_name", "kind", ...} (see mlit/checkpoint.py);
+- `.safetensors`: an export (`python -m mlit.export`): the same weights, with the model config,
+  name and kind as JSON strings in the file's metadata.
+
+The kind says which module the weights belong to: `pretrain` (the MAE), `simclr`, `finetune`
+or `supervised` (the classifier), `encoder` (an encoder-only export). Anything else, or weights
+that do not fit the model the file describes, is a CheckpointError of one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mlit import checkpoint as ckpt
+from mlit.checkpoint import CheckpointError
+from mlit.model_config import MLiTConfig
+from mlit.registry import CONFIGS
+
+CLASSIFIER_KINDS = ("finetune", "supervised")
+KINDS = ("pretrain", "simclr", *CLASSIFIER_KINDS, "encoder")
+# the fields that tell model sizes apart, in the order a description names them
+SHAPE_FIELDS = ("embed_dim", "depth", "hidden_first", "hidden_last", "expert_stages",
+                "num_heads", "num_kv_groups", "image_size", "patch_size", "ffn", "shared")
+
+
+def guess_name(cfg: MLiTConfig) -> str:
+    """The registry name whose shape the config has, or 'custom'."""
+    for name, fields in CONFIGS.items():
+        reference = MLiTConfig().replace(**fields)
+        if all(getattr(cfg, f, None) == getattr(reference, f, None)
+               for f in SHAPE_FIELDS if f != "shared"):
+            return name
+    return "custom"
+
+
+def describe(name: str, cfg: MLiTConfig) -> str:
+    """e.g. 'mlit_xs (embed_dim=128, depth=12)'."""
+    return f"{name} (embed_dim={cfg.embed_dim}, depth={cfg.depth})"
+
+
+@dataclass
+class ModelFile:
+    path: Path
+    kind: str
+    name: str
+    config: MLiTConfig
+    state: dict[str, torch.Tensor]
+    recipe: dict | None = None  # the resolved recipe the weights were trained with, if known
+
+    @property
+    def description(self) -> str:
+        return describe(self.name, self.config)
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights, without the 'encoder.' prefix."""
+        return {k[len("encoder."):]: v for k, v in self.state.items()
+                if k.startswith("encoder.")}
+
+
+def config_from_fields(fields: dict, path: Path) -> MLiTConfig:
+    known = {f.name for f in dataclasses.fields(MLiTConfig)}
+    try:
+        return MLiTConfig(**{k: v for k, v in fields.items() if k in known})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its model config is invalid ({err})") from None
+
+
+def zoo_config(path: Path) -> dict | None:
+    """Epoch checkpoints of zoos written before they carried their config: config.json of
+    the zoo model folder (checkpoint_0000XY/model.pt -> ../config.json)."""
+    config = path.parent.parent / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("model")
+    return None
+
+
+def infer_kind(state: dict) -> str:
+    if any(k.startswith("decoder.") for k in state):
+        return "pretrain"
+    if any(k.startswith("projector.") for k in state):
+        return "simclr"
+    if any(k.startswith("head.") for k in state):
+        return "finetune"
+    return "encoder"
+
+
+def read_checkpoint(path: Path) -> ModelFile:
+    obj = ckpt.load(path)
+    state, fields = obj.get("model"), obj.get("model_config") or zoo_config(path)
+    if not isinstance(state, dict) or not isinstance(fields, dict) or not all(
+            isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path} is not an mLiT checkpoint (it has no 'model' weights "
+                              "with a 'model_config')")
+    config = config_from_fields(fields, path)
+    kind = obj.get("kind") or infer_kind(state)
+    return ModelFile(path, kind, obj.get("model_name") or guess_name(config), config, state)
+
+
+def read_safetensors(path: Path) -> ModelFile:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file "
+                              f"({ckpt.first_line(err)})") from None
+    if meta.get("format") != "mlit" or "model_config" not in meta:
+        raise CheckpointError(f"{path} is not an mLiT export (its metadata has no mLiT "
+                              "model config; was it written by python -m mlit.export?)")
+    config = config_from_fields(json.loads(meta["model_config"]), path)
+    recipe = json.loads(meta["recipe"]) if meta.get("recipe") else None
+    return ModelFile(path, meta.get("kind", infer_kind(state)),
+                     meta.get("model_name") or guess_name(config), config, state, recipe)
+
+
+def read(path: str | Path) -> ModelFile:
+    """The model a .pt checkpoint or a .safetensors export holds, or CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    mf = read_safetensors(path) if path.suffix == ".safetensors" else read_checkpoint(path)
+    if mf.kind not in KINDS:
+        raise CheckpointError(f"{path}: unknown model kind {mf.kind!r}")
+    return mf
+
+
+def module_for(kind: str, cfg: MLiTConfig) -> nn.Module:
+    from mlit.encoder import MLiT, MLiTEncoder
+    from mlit.mae import MaskedAutoEncoder
+    from mlit.simclr import SimCLR
+
+    if kind == "pretrain":
+        return MaskedAutoEncoder(cfg)
+    if kind == "simclr":
+        return SimCLR(cfg)
+    if kind == "encoder":
+        return MLiTEncoder(cfg)
+    return MLiT(cfg)
+
+
+def first_mismatch(expected: dict, found: dict, prefix: str = "") -> str | None:
+    """The first tensor that differs in name or shape, in words; None if all fit."""
+    for name, tensor in expected.items():
+        if name not in found:
+            return f"{prefix}{name} is missing"
+        if tuple(found[name].shape) != tuple(tensor.shape):
+            return (f"{prefix}{name} is {tuple(found[name].shape)}, expected "
+                    f"{tuple(tensor.shape)}")
+    extra = [name for name in found if name not in expected]
+    return f"{prefix}{extra[0]} is not part of the model" if extra else None
+
+
+def expected_state(module_factory) -> dict:
+    """Names and shapes of a module's state, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return module_factory().state_dict()
+
+
+def load_weights(module: nn.Module, state: dict, what: str) -> nn.Module:
+    """module.load_state_dict(state), with a one-line error naming the first mismatch."""
+    problem = first_mismatch(module.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{what}: weights do not fit the model ({problem})")
+    module.load_state_dict(state)
+    return module
+
+
+def encoder_for(path: str | Path, cfg: MLiTConfig, name: str, key: str) -> dict:
+    """The encoder weights of the checkpoint at `path`, checked against the encoder the
+    recipe builds (`cfg`, registry `name`); `key` names the recipe field for the message."""
+    from mlit.encoder import MLiTEncoder
+
+    mf = read(path)
+    found = mf.encoder_state()
+    if not found:
+        raise CheckpointError(f"{key} {path}: holds no encoder weights (keys 'encoder.*')")
+    problem = first_mismatch(expected_state(lambda: MLiTEncoder(cfg)), found, "encoder.")
+    if problem:
+        raise CheckpointError(f"{key} {path}: holds {mf.description}, this recipe builds "
+                              f"{describe(name, cfg)}; first mismatching tensor: {problem}")
+    return found
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild the model a .pt checkpoint or .safetensors export holds, from the file alone,
+    in eval mode on the CPU: MLiT, MaskedAutoEncoder, SimCLR or (encoder-only) MLiTEncoder."""
+    mf = read(path)
+    module = module_for(mf.kind, mf.config)
+    return load_weights(module, mf.state, str(mf.path)).eval()

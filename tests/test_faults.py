@@ -1,0 +1,392 @@
+"""Faults a hostile user or a bad day brings: two runners on one folder, damaged data and
+checkpoints, recipes that are wrong in every way, a full disk, no network. Each ends in one
+line that names the key or the file (exit 2 for bad input, 1 for a fault at run time), with
+the run's files loadable and a resume that is bit-identical to an uninterrupted run."""
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from helpers import tiny_recipe, write_cifar100
+from mlit import checkpoint as ckpt
+from mlit.config import RecipeError, load_recipe
+from mlit.files import read_jsonl
+from mlit.lock import FolderLock
+from mlit.train import main, run
+from mlit.zoo import layout
+from mlit.zoo.plan import plan
+from mlit.zoo.recipe import load_zoo_recipe
+from mlit.zoo.runner import run_local
+
+ROOT = Path(__file__).parents[1]
+SUPERVISED = {"supervised": {"epochs": 4, "batch_size": 256, "base_lr": 4e-3,
+                             "warmup_epochs": 1, "checkpoint_every": 1}}
+TINY = ["model.name=mlit_micro", "train.progress=false", "train.threads=2",
+        "data.num_workers=0"]
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def metric_epochs(path: Path) -> list[int]:
+    return [r["epoch"] for r in read_jsonl(path)]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = ckpt.load(a)["model"], ckpt.load(b)["model"]
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The reference: the supervised tiny recipe, four epochs without a fault."""
+    out = tmp_path_factory.mktemp("straight")
+    run(tiny_recipe(out, SUPERVISED))
+    return out / "supervised" / "checkpoint.pt"
+
+
+# -- 1. one writer per folder ---------------------------------------------------------------
+def wait_for(predicate, timeout=60.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError
+
+
+def test_a_second_runner_on_a_locked_folder_names_the_holder(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["recipes/quickstart.yaml", f"train.out={out}", *TINY, "pretrain.epochs=40",
+            "pretrain.checkpoint_every=1", "finetune.epochs=2"]
+    first = subprocess.Popen([sys.executable, "-m", "mlit.train", *args], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (out / "metrics.jsonl").exists() or first.poll() is not None)
+        assert first.poll() is None, first.stderr.read()
+        assert main(args) == 2
+        line = one_line(capsys)
+        assert f"{out} is in use by process {first.pid} on " in line
+        assert line.endswith("wait for it to finish, or choose another train.out")
+        first.send_signal(signal.SIGKILL)  # kill -9 mid-run: the kernel drops its lock
+        first.wait()
+    finally:
+        first.kill()
+    done = len(read_jsonl(out / "metrics.jsonl"))
+    assert main([*args, "train.stop_after_epochs=2"]) == 0
+    epochs = metric_epochs(out / "metrics.jsonl")
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= done
+
+
+def test_a_zoo_runner_skips_models_another_runner_holds(tmp_path, capsys):
+    from test_zoo import write_recipe
+
+    recipe = write_recipe(tmp_path, backbones=[{"kind": "supervised", "seeds": [0]}],
+                          grid={"lr": [1e-3], "optimizer": ["adamw"], "head": ["linear"],
+                                "head_seed": [1, 2]})
+    zoo_dir = tmp_path / "zoo"
+    runs = plan(load_zoo_recipe(recipe), zoo_dir)
+    held = next(r for r in runs if r.backbone is not None)
+    with FolderLock(zoo_dir / held.path):  # another process trains this one
+        outcome = run_local(zoo_dir, runs)
+    assert outcome["busy"] == [held.path]
+    assert len(outcome["done"]) == len(runs) - 1
+    assert run_local(zoo_dir, [held]) == {"done": [held.path]}
+
+
+def test_two_zoo_runners_on_one_folder_train_every_model_once(tmp_path):
+    from test_zoo import write_recipe
+
+    recipe = write_recipe(tmp_path, backbones=[{"kind": "supervised", "seeds": [0]}],
+                          grid={"lr": [1e-3], "optimizer": ["adamw"], "head": ["linear"],
+                                "head_seed": [1, 2]})
+    zoo_dir = tmp_path / "zoo"
+    cmd = [sys.executable, "-m", "mlit.zoo", "run", str(recipe), "--zoo-dir", str(zoo_dir)]
+    runners = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = sorted(p.wait(timeout=300) for p in runners)
+    assert codes in ([0, 0], [0, 3]), [p.stderr.read() for p in runners]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)  # whatever is left
+    models = layout.model_dirs(zoo_dir)
+    assert len(models) == 3
+    for model_dir in models:
+        epochs = [r["epoch"] for r in layout.read_results(model_dir)]
+        assert epochs == sorted(set(epochs)) and epochs[0] == 0, (model_dir, epochs)
+        assert layout.status(model_dir) == "done"
+
+
+# -- 2. damaged or foreign inputs -------------------------------------------------------------
+def damage(folder: Path, how: str) -> str:
+    """Spoil cifar-100-python/train as `how` says; returns the words the error must use."""
+    path = folder / "cifar-100-python" / "train"
+    batch = pickle.loads(path.read_bytes(), encoding="latin1")
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:500])
+        return "not a readable pickle"
+    if how == "empty":
+        path.write_bytes(b"")
+        return "empty file"
+    if how == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4000))
+        return "not a readable pickle"
+    if how == "label_range":
+        batch["fine_labels"][3] = 140
+    elif how == "few_labels":
+        batch["fine_labels"] = batch["fine_labels"][:-2]
+    elif how == "float_pixels":
+        batch["data"] = batch["data"].astype(np.float64)
+    elif how == "wrong_size":
+        batch["data"] = batch["data"][:, :3000]
+    elif how == "small_images":  # 16x16 images in a 32x32 folder, as many rows as labels
+        batch["data"] = batch["data"][:, :768].copy()
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    return {"label_range": "labels must be integers in 0..99 (found ",
+            "few_labels": "62 labels for 64 images", "float_pixels": "pixels are float64",
+            "wrong_size": "'data' is (64, 3000), expected rows of 3072 values",
+            "small_images": "'data' is (64, 768), expected rows of 3072 values"}[how]
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "random", "label_range", "few_labels",
+                                 "float_pixels", "wrong_size", "small_images"])
+def test_a_damaged_cifar_file_is_one_line_naming_it(tmp_path, capsys, how):
+    write_cifar100(tmp_path / "data")
+    words = damage(tmp_path / "data", how)
+    out = tmp_path / "out"
+    code = main(["recipes/scratch_cifar100.yaml", f"data.root={tmp_path / 'data'}",
+                 f"train.out={out}", "data.pipeline=torchvision", *TINY])
+    line = one_line(capsys)
+    assert code == 2
+    assert line.startswith(f"mlit.train: {tmp_path / 'data' / 'cifar-100-python' / 'train'}: ")
+    assert words in line
+    assert not list(out.glob("*/checkpoint.pt"))  # before any work
+
+
+def pretrained_checkpoint(tmp_path) -> Path:
+    out = tmp_path / "pre"
+    run(tiny_recipe(out, {"pretrain": {"epochs": 1, "batch_size": 256, "base_lr": 1e-3}}))
+    return out / "pretrain" / "checkpoint.pt"
+
+
+def test_finetune_init_of_another_model_names_both_models(tmp_path, capsys):
+    source = pretrained_checkpoint(tmp_path)
+    args = ["recipes/transfer_cifar10.yaml", "data.dataset=digits", f"train.out={tmp_path}/o",
+            "train.progress=false", "data.num_workers=0"]
+    assert main([*args, f"finetune.init={source}", "model.name=mlit_tiny"]) == 2
+    assert one_line(capsys) == (
+        f"mlit.train: finetune.init {source}: holds mlit_micro (embed_dim=16, depth=3), this "
+        "recipe builds mlit_tiny (embed_dim=64, depth=3); first mismatching tensor: "
+        "encoder.patch_embed.pos_embed is (1, 17, 16), expected (1, 17, 64)")
+    foreign = {"random.pt": np.random.default_rng(0).bytes(3000),
+               "empty.pt": b"", "truncated.pt": source.read_bytes()[:2000]}
+    for name, data in foreign.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    for name, words in [("random.pt", "is not a readable checkpoint"),
+                        ("empty.pt", "is not a readable checkpoint"),
+                        ("truncated.pt", "is not a readable checkpoint"),
+                        ("other.pt", "is not an mLiT checkpoint"),
+                        ("list.pt", "is not an mLiT checkpoint")]:
+        assert main([*args, f"finetune.init={tmp_path / name}", "model.name=mlit_micro"]) == 2
+        line = one_line(capsys)
+        assert f"{tmp_path / name}" in line and words in line, line
+
+
+def test_a_damaged_resume_checkpoint_is_one_line(tmp_path, capsys):
+    run(tiny_recipe(tmp_path, SUPERVISED, train={"stop_after_epochs": 1}))
+    path = tmp_path / "supervised" / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ckpt.CheckpointError, match=f"{path} is not a readable checkpoint"):
+        run(tiny_recipe(tmp_path, SUPERVISED))
+
+
+def test_resuming_with_another_recipe_is_refused_until_asked(tmp_path, capsys, straight):
+    out = tmp_path / "run"
+    base = [f"train.out={out}"]
+
+    def cli(*extra):
+        recipe = tmp_path / "sup.yaml"
+        recipe.write_text(yaml.safe_dump({
+            "model": {"name": "mlit_micro"}, "data": {"dataset": "digits", "num_workers": 0},
+            "train": {"progress": False, "log_every": 2, "threads": 2}, **SUPERVISED}))
+        return main([str(recipe), *base, *extra])
+
+    assert cli("train.stop_after_epochs=1") == 0
+    capsys.readouterr()
+    saved = (out / "recipe.yaml").read_bytes()
+    assert cli("model.hidden_last=2", "supervised.base_lr=1e-3") == 2
+    line = one_line(capsys)
+    assert line == (f"mlit.train: {out} holds checkpoints of another recipe (model.hidden_last: "
+                    "4 -> 2; supervised.base_lr: 0.004 -> 0.001): add train.resume=false to "
+                    "start over there, or choose another train.out")
+    assert (out / "recipe.yaml").read_bytes() == saved
+    # safe changes resume (and exactly): how long this call runs, how often it logs
+    assert cli("train.stop_after_epochs=2", "supervised.eval_every=2", "train.log_every=3") == 0
+    assert cli() == 0
+    assert same_weights(out / "supervised" / "checkpoint.pt", straight)
+    assert metric_epochs(out / "metrics.jsonl") == [1, 2, 3, 4]
+    # train.resume=false starts over with the new recipe
+    assert cli("model.hidden_last=2", "train.resume=false", "train.stop_after_epochs=1") == 0
+    assert metric_epochs(out / "metrics.jsonl") == [1]
+    assert ckpt.load(out / "supervised" / "checkpoint.pt")["model_config"]["hidden_last"] == 2
+
+
+def test_a_partial_last_metrics_line_is_dropped_and_resume_is_exact(tmp_path, capsys,
+                                                                   straight):
+    run(tiny_recipe(tmp_path, SUPERVISED, train={"stop_after_epochs": 2}))
+    metrics = tmp_path / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"stage": "supervised", "epoch": 3, "train_lo')  # a write cut short
+    orphan = tmp_path / "supervised" / ".checkpoint.pt.x1y2.tmp"  # a killed checkpoint write
+    orphan.write_bytes(b"half a checkpoint")
+    capsys.readouterr()
+    run(tiny_recipe(tmp_path, SUPERVISED))
+    assert "dropped a partial last line" in capsys.readouterr().err
+    assert metric_epochs(metrics) == [1, 2, 3, 4]
+    assert not orphan.exists()
+    assert same_weights(tmp_path / "supervised" / "checkpoint.pt", straight)
+
+
+def test_a_zoo_result_with_a_partial_last_line_resumes(tmp_path, capsys):
+    from test_zoo import write_recipe
+
+    recipe = write_recipe(tmp_path, backbones=[{"kind": "supervised", "seeds": [0]}],
+                          grid={"lr": [1e-3], "optimizer": ["adamw"], "head": ["linear"],
+                                "head_seed": [1]})
+    zoo_dir = tmp_path / "zoo"
+    runs = plan(load_zoo_recipe(recipe), zoo_dir)
+    assert run_local(zoo_dir, runs[:1]) == {"done": [runs[0].path]}
+    model_dir = zoo_dir / runs[0].path
+    (model_dir / "status.json").unlink()  # as if it had died in its last epoch
+    layout.set_status(model_dir, "running")
+    with (model_dir / "result.json").open("a") as f:
+        f.write('{"stage": "supervised", "ep')
+    assert [r["epoch"] for r in layout.read_results(model_dir)] == [0, 1]
+    assert "dropped a partial last line" in capsys.readouterr().err
+    assert run_local(zoo_dir, runs) == {"done": [r.path for r in runs]}
+    assert [r["epoch"] for r in layout.read_results(model_dir)] == [0, 1]
+
+
+# -- 3. recipes --------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,message", [
+    ("name: x\npretrain: {epochs: 1}\nmodel: {name: mlit_s}\npretrain: {epochs: 2}\n",
+     "duplicate key 'pretrain' at line 4 (first at line 2)"),
+    ("supervised:\n  epochs: 3\n  batch_size: 8\n  epochs: 4\n",
+     "duplicate key 'epochs' at line 4 (first at line 2)"),
+    ("supervised: {epochs: 3\n", "not valid YAML at line 2, column 1 ("),
+    ("model:\n  name: mlit_s\n   depth: 3\n", "not valid YAML at line 3, column 9 ("),
+])
+def test_recipe_files_that_are_not_clean_yaml(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_binary_recipe_file(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_bytes(b"\x80\x03}q\x00(X\x05\x00\x00\x00modelq\x01")
+    with pytest.raises(RecipeError, match=f"^{path}: not a YAML text file"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.mask_ratio=abc", "model.mask_ratio='abc': must be a finite number"),
+    ("model.mask_ratio=0.0", "model.mask_ratio=0.0: must leave at least one of the 16 patches "
+                             "visible and one masked"),
+    ("model.mask_ratio=0.99", "model.mask_ratio=0.99: must leave at least one"),
+    ("model.expert_dropout=.nan", "model.expert_dropout=nan: must be a finite number"),
+    ("model.depth=2.5", "model.depth=2.5: must be an integer"),
+    ("pretrain.base_lr=.inf", "pretrain.base_lr: Input should be a finite number"),
+    ("finetune.augment.rotation=.nan", "finetune.augment.rotation: Input should be a finite"),
+    ("finetune.augment.crop_scale=[0.9, 0.2]", "finetune.augment.crop_scale: needs 0.0 <= low "
+                                               "<= high <= 1.0 (got [0.9, 0.2])"),
+    ("finetune.augment.crop_scale=[0.0, 0.5]", "finetune.augment.crop_scale: the smallest crop"),
+    ("pretrain.betas=[0.9, 1.5]", "pretrain.betas: each beta must be in [0, 1)"),
+    ("train.device=gpu0", "train.device: 'gpu0' is not a device mlit runs on"),
+    ("train.device=meta", "train.device: 'meta' is not a device mlit runs on"),
+    ("=3", "override '=3': no key before '='"),
+    ("finetune..epochs=3", "override 'finetune..epochs=3': no key before '=' (or an empty part"),
+    ("finetune.epochs=[1,", "override 'finetune.epochs=[1,': not valid YAML"),
+])
+def test_bad_settings_name_the_key_and_what_is_expected(override, message):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(ROOT / "recipes/quickstart.yaml", [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_cuda_device_that_is_not_there(tmp_path, capsys):
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = f"cuda:{n}" if n else "cuda"
+    assert main(["recipes/quickstart.yaml", f"train.out={tmp_path}", f"train.device={device}",
+                 *TINY]) == 2
+    assert one_line(capsys).startswith(f"mlit.train: train.device={device}: ")
+
+
+# -- 4. a full disk ---------------------------------------------------------------------------
+def can_mount() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs in a user namespace "
+                                            "(unshare -rm) is not permitted here")
+def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path):
+    done = subprocess.run(["unshare", "-rm", sys.executable,
+                           str(ROOT / "tests" / "disk_full_scenarios.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    checkpoint, metrics, tb = results["checkpoint"], results["metrics"], results["tensorboard"]
+    out = checkpoint["out"]
+    assert checkpoint["code"] == 1 and checkpoint["stderr"] == [
+        f"mlit.train: no space left on device while writing {out}/supervised/checkpoint.pt; "
+        f"the last good checkpoint is {out}/supervised/checkpoint.pt (epoch 1)"]
+    assert checkpoint["epoch"] == 1 and checkpoint["leftovers"] == []
+    out = metrics["out"]
+    assert metrics["code"] == 1 and metrics["stderr"] == [
+        f"mlit.train: no space left on device while writing {out}/metrics.jsonl; "
+        f"the last good checkpoint is {out}/supervised/checkpoint.pt (epoch 1)"]
+    assert metrics["metric_epochs"] == [1] and metrics["leftovers"] == []
+    out = tb["out"]
+    assert tb["code"] == 1 and tb["stderr"] == [  # no traceback from the writer thread
+        f"mlit.train: no space left on device while writing {out}/tb; the last good "
+        "checkpoint is none yet"]
+    for case in (checkpoint, metrics, tb):
+        assert case["resumed"] == {"code": 0, "stderr": []} and case["identical"]
+
+
+# -- 5. no network ------------------------------------------------------------------------------
+def test_a_download_without_network_says_where_to_put_the_files(tmp_path):
+    env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "http_proxy":
+           "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": ""}
+    done = subprocess.run([sys.executable, "-m", "mlit.train", "recipes/scratch_cifar10.yaml",
+                           f"data.root={tmp_path}/data", "data.download=true",
+                           f"train.out={tmp_path}/out", *TINY], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = [l for l in done.stderr.splitlines() if l.startswith("mlit.train")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("mlit.train: downloading cifar10 from "
+                               "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz failed (")
+    assert lines[0].endswith(f"without a network, put cifar-10-batches-py/ under "
+                             f"{tmp_path}/data by hand")
