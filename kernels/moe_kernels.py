@@ -1,4 +1,4 @@
-"""Triton kernels for the shared-projection MoE hidden layer (SPEC 2; mlit/dispatch.py).
+"""Triton kernels for the shared-projection MoE hidden layer (docs/architecture.md, section 5; mlit/dispatch.py).
 
 For a tile of tokens and a tile of hidden units they compute
 

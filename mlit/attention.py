@@ -1,4 +1,4 @@
-"""Grouped-query attention (SPEC 2; Ainslie et al. 2023).
+"""Grouped-query attention (docs/architecture.md, section 3; Ainslie et al. 2023).
 
 H query heads of size d/H share G key/value heads: query head i reads key/value head
 i // (H/G). G = 1 is multi-query attention, G = H is plain multi-head attention.

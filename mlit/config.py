@@ -43,7 +43,7 @@ def ordered_range(pair: tuple[float, float], low: float, high: float) -> tuple[f
 
 
 class Augment(Strict):
-    """Training-set augmentation (paper Tables 3-5; zoo grid of seed 001)."""
+    """Training-set augmentation (paper Tables 3-5; the zoo paper's grid)."""
     random_resized_crop: bool = True
     crop_scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
@@ -72,7 +72,7 @@ class Stage(Strict):
     weight_decay: float = Field(0.05, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
-    layer_decay: float = Field(1.0, gt=0, le=1)  # layer-wise lr decay (SPEC 5)
+    layer_decay: float = Field(1.0, gt=0, le=1)  # layer-wise lr decay (docs/architecture.md, 10)
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
     min_lr: float = Field(0.0, ge=0)
@@ -84,7 +84,7 @@ class Stage(Strict):
     head_seed: Optional[int] = None  # own generator for the head's initial weights
     eval_every: int = Field(1, ge=1)  # epochs
     checkpoint_every: int = Field(10, ge=1)  # epochs; the last epoch is always written
-    # model-zoo bookkeeping (seed 001): evaluate the untrained model as epoch 0, measure train
+    # model-zoo bookkeeping (docs/zoo.md): evaluate the untrained model as epoch 0, measure train
     # accuracy in eval mode without augmentation, keep checkpoint_0000XY/ for every epoch
     eval_at_start: bool = False
     eval_train: bool = False

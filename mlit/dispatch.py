@@ -1,6 +1,6 @@
 """Expert dispatch: one function, several implementations, the same answer.
 
-The contract (SPEC 2, experts with shared V and W2). For tokens x (N, d) and dense gates
+The contract (docs/architecture.md, section 5: experts with shared V and W2). For tokens x (N, d) and dense gates
 g (N, E), zero where a token is not routed and each row summing to 1 (softmax over top-k):
 
     y = W2( (x V + c) * sum_e g_e * silu(x W_e + b_e) ) + b2          (N, d)

@@ -1,5 +1,6 @@
 """mLiT: patch embedding with the dummy patch, MoE transformer layers with depth-wise scaling
-and expert stages, and the classifier that reads the dummy patch (SPEC 1-3).
+and expert stages, and the classifier that reads the dummy patch (docs/architecture.md,
+sections 1-7).
 
     python -c "import mlit, torch; m = mlit.create_model('mlit_s'); print(m(torch.randn(2, 3, 36, 36))[0].shape)"
 """
@@ -31,7 +32,7 @@ def unpatchify(patches: torch.Tensor, patch_size: int, channels: int) -> torch.T
 
 
 class PatchEmbedding(nn.Module):
-    """SPEC 1: 3x3 patches, a 145th all-zero dummy patch, Linear(27 -> d) without bias, plus
+    """Section 1: 3x3 patches, a 145th all-zero dummy patch, Linear(27 -> d) without bias, plus
     a learnable positional embedding (145, d)."""
 
     def __init__(self, cfg: MLiTConfig):
@@ -73,7 +74,7 @@ class DenseMLP(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm layer: x = x + GQA(LN(x)); x = x + MoE(LN(x)) (SPEC 2)."""
+    """Pre-norm layer: x = x + GQA(LN(x)); x = x + MoE(LN(x)) (section 2)."""
 
     def __init__(self, dim: int, num_heads: int, num_kv_groups: int, hidden: int,
                  num_experts: int, cfg: MLiTConfig, drop_path_rate: float = 0.0):
@@ -150,7 +151,7 @@ class MLiT(nn.Module):
         return {"encoder.patch_embed.pos_embed"}
 
     def layer_id(self, name: str) -> int:
-        """Layer-wise lr decay ids (SPEC 5): embeddings 0, encoder layer i is i+1, the final
+        """Layer-wise lr decay ids (section 10): embeddings 0, encoder layer i is i+1, the final
         norm and the head are the top, L+1."""
         if name.startswith("encoder.patch_embed"):
             return 0

@@ -84,7 +84,7 @@ def to_device(images, device):
 
 
 def loss_parts(model: nn.Module, images, targets, label_smoothing: float = 0.0):
-    """The stage's objective and its parts. Classifiers: CE + w_moe * L_moe; MAE: SPEC 4;
+    """The stage's objective and its parts. Classifiers: CE + w_moe * L_moe; MAE: docs/architecture.md, 8;
     SimCLR: InfoNCE + w_moe * L_moe."""
     kind = type(getattr(model, "_orig_mod", model))  # torch.compile wraps the module
     if kind is MaskedAutoEncoder:
@@ -132,12 +132,11 @@ def expert_load(model: nn.Module) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
-    """Classifiers: top-1 accuracy (a fraction) and cross-entropy. MAE: its losses on a fixed
-    mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare."""
+def eval_batches(model: nn.Module, loader, precision: Precision):
+    """(targets, output) per batch of `loader`, in evaluation mode, without gradients and
+    with fixed randomness (MAE: a fixed mask per batch; SimCLR: views from a fixed seed), so
+    that every evaluation of a model gives the same numbers. Targets are on the device."""
     device = precision.device
-    total, correct = 0, 0
-    sums: dict[str, float] = {}
     gen = torch.Generator(device=device).manual_seed(0)
     cuda_rngs = [device] if device.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=cuda_rngs):
@@ -145,37 +144,47 @@ def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]
         for images, targets in loader:
             images = to_device(images, device)
             targets = targets.to(device, non_blocking=True)
-            n = len(targets)
             with precision.autocast():
-                if isinstance(model, MLiT):
-                    logits, _ = model(images)
-                    parts = {"loss": F.cross_entropy(logits.float(), targets)}
-                    correct += int((logits.argmax(1) == targets).sum())
-                elif isinstance(model, MaskedAutoEncoder):
+                if isinstance(model, MaskedAutoEncoder):
                     out = model(images, generator=gen)
-                    parts = {"loss": out.loss, "masked": out.masked_loss,
-                             "unmasked": out.unmasked_loss}
                 else:
-                    parts = {"loss": model(images).contrastive_loss}
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-            total += n
+                    out = model(images)
+            yield targets, out
+
+
+def eval_parts(model: nn.Module, targets: torch.Tensor, out) -> dict[str, torch.Tensor]:
+    """The losses evaluate() averages, from one batch's output."""
+    if isinstance(model, MLiT):
+        return {"loss": F.cross_entropy(out[0].float(), targets)}
+    if isinstance(model, MaskedAutoEncoder):
+        return {"loss": out.loss, "masked": out.masked_loss, "unmasked": out.unmasked_loss}
+    return {"loss": out.contrastive_loss}
+
+
+def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
+    """Classifiers: top-1 accuracy (a fraction) and cross-entropy. MAE: its losses on a fixed
+    mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare."""
+    total, correct = 0, 0
+    sums: dict[str, float] = {}
+    for targets, out in eval_batches(model, loader, precision):
+        n = len(targets)
+        for k, v in eval_parts(model, targets, out).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        if isinstance(model, MLiT):
+            correct += int((out[0].argmax(1) == targets).sum())
+        total += n
     metrics = {k: v / total for k, v in sums.items()}
     if isinstance(model, MLiT):
         metrics = {"acc": correct / total, **metrics}
     return metrics
 
 
-@torch.no_grad()
 def predict(model: MLiT, loader, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted classes and targets over a loader, on the CPU (for agreement analyses)."""
     preds, targets = [], []
-    with eval_mode(model):
-        for images, y in loader:
-            with precision.autocast():
-                logits, _ = model(to_device(images, precision.device))
-            preds.append(logits.argmax(1).cpu())
-            targets.append(y)
+    for y, (logits, _) in eval_batches(model, loader, precision):
+        preds.append(logits.argmax(1).cpu())
+        targets.append(y.cpu())
     return torch.cat(preds), torch.cat(targets)
 
 

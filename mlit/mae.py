@@ -1,4 +1,4 @@
-"""mmLiT: masked auto-encoder pre-training of the mLiT encoder (SPEC 4; He et al. 2022).
+"""mmLiT: masked auto-encoder pre-training of the mLiT encoder (docs/architecture.md, section 8; He et al. 2022).
 
 The steps are named as in MAE: random_masking, forward_encoder, forward_decoder, forward_loss.
 The dummy patch is never masked, so the fine-tuned classifier reads a token the encoder saw

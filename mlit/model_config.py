@@ -1,6 +1,6 @@
-"""The architecture's hyper-parameters (SPEC sections 1-4) as one validated dataclass.
+"""The architecture's hyper-parameters (docs/architecture.md) as one validated dataclass.
 
-Every number in SPEC is a field here, never a constant in the modules, so a recipe or a test
+Every number of the architecture is a field here, never a constant in the modules, so a recipe or a test
 can change it. `validate()` turns impossible shapes into a ValueError that names the field.
 """
 
@@ -16,11 +16,11 @@ MOE_IMPLS = ("auto", "torch", "dense", "triton")
 
 @dataclass
 class MLiTConfig:
-    # SPEC 1: input and tokens
+    # input and tokens (docs/architecture.md, section 1)
     image_size: int = 36
     patch_size: int = 3
     in_channels: int = 3
-    # SPEC 2-3: encoder (defaults are mLiT-S)
+    # encoder, sections 2-6 (defaults are mLiT-S)
     embed_dim: int = 144
     depth: int = 15
     num_heads: int = 8
@@ -31,7 +31,7 @@ class MLiTConfig:
     top_k: int = 2
     expert_dropout: float = 0.1  # dropout on the SwiGLU output
     drop_path: float = 0.0  # stochastic depth (the zoo grid uses 0.1)
-    # SPEC 2: noisy top-k gating and its auxiliary losses
+    # noisy top-k gating and its auxiliary losses, section 4
     noisy_gating: bool = True
     noise_epsilon: float = 1e-2  # added to softplus(x Wn), as in Shazeer's code, keeps s > 0
     importance_weight: float = 0.01  # w_imp (our reading)
@@ -45,9 +45,9 @@ class MLiTConfig:
     num_classes: int = 100
     head: str = "linear"  # linear | mlp (Linear(d, 256) + ReLU + Linear(256, C))
     head_hidden: int = 256
-    head_bias: bool = False  # SPEC 3 counts a bias-free linear head
-    moe_loss_weight: float = 0.5  # coefficient of L_moe in every training loss (SPEC 4)
-    # SPEC 4: MAE decoder and loss
+    head_bias: bool = False  # the paper's counts need a bias-free head
+    moe_loss_weight: float = 0.5  # coefficient of L_moe in every training loss
+    # MAE decoder and loss, section 8
     decoder_embed_dim: int = 108
     decoder_depth: int = 4
     decoder_num_heads: int = 6
@@ -102,14 +102,14 @@ class MLiTConfig:
         return self.patch_size**2 * self.in_channels
 
     def hidden_sizes(self) -> list[int]:
-        """SPEC 2, depth-wise scaling: the hidden size falls linearly from h1 to hL,
+        """Depth-wise scaling (section 6): the hidden size falls linearly from h1 to hL,
 
             h_l = h1 - floor((h1 - hL) * l / (L - 1)),   l = 0 .. L-1.
 
-        SPEC writes it as hL + floor((h1 - hL) * (L - 1 - l) / (L - 1)), which rounds every
+        The other reading, hL + floor((h1 - hL) * (L - 1 - l) / (L - 1)), rounds every
         in-between layer one lower; that reading gives classifiers of 2.37M / 0.66M, off the
-        paper's 2.38M / 0.67M (Table 7), while this one reproduces SPEC's own 2,368,6xx count
-        for mLiT-S and every figure of the paper. The parameter count decides.
+        paper's 2.38M / 0.67M (Table 7), while this one gives every figure of the paper.
+        The parameter count decides (docs/architecture.md, Readings).
         """
         L, h1, hL = self.depth, self.hidden_first, self.hidden_last
         if L == 1:
@@ -117,7 +117,7 @@ class MLiTConfig:
         return [h1 - ((h1 - hL) * l) // (L - 1) for l in range(L)]
 
     def experts_per_layer(self) -> list[int]:
-        """SPEC 2, expert stages: the layers split into len(expert_stages) equal stages."""
+        """Expert stages (section 6): the layers split into len(expert_stages) equal stages."""
         S = len(self.expert_stages)
         return [self.expert_stages[l * S // self.depth] for l in range(self.depth)]
 

@@ -63,6 +63,8 @@ class ModelFile:
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
         """The encoder's weights, without the 'encoder.' prefix."""
+        if self.kind == "encoder":
+            return self.state
         return {k[len("encoder."):]: v for k, v in self.state.items()
                 if k.startswith("encoder.")}
 
@@ -84,6 +86,29 @@ def zoo_config(path: Path) -> dict | None:
     return None
 
 
+def find_recipe(path: Path) -> Path | None:
+    """The run's recipe.yaml: beside the file or in the two folders above it
+    (run/stage/checkpoint.pt, zoo_model/checkpoint_0000XY/model.pt)."""
+    for folder in list(path.resolve().parents)[:3]:
+        if (folder / "recipe.yaml").is_file():
+            return folder / "recipe.yaml"
+    return None
+
+
+def run_recipe(path: Path) -> dict | None:
+    """The resolved recipe of the run a checkpoint belongs to, as a settings tree."""
+    from mlit.config import RecipeError, parse_yaml
+
+    found = find_recipe(path)
+    if found is None:
+        return None
+    try:
+        tree = parse_yaml(found.read_text(errors="replace"), str(found))
+    except RecipeError:
+        return None
+    return tree if isinstance(tree, dict) else None
+
+
 def infer_kind(state: dict) -> str:
     if any(k.startswith("decoder.") for k in state):
         return "pretrain"
@@ -103,7 +128,8 @@ def read_checkpoint(path: Path) -> ModelFile:
                               "with a 'model_config')")
     config = config_from_fields(fields, path)
     kind = obj.get("kind") or infer_kind(state)
-    return ModelFile(path, kind, obj.get("model_name") or guess_name(config), config, state)
+    return ModelFile(path, kind, obj.get("model_name") or guess_name(config), config, state,
+                     run_recipe(path))
 
 
 def read_safetensors(path: Path) -> ModelFile:

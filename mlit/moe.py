@@ -1,4 +1,5 @@
-"""Mixture of experts: noisy top-k gating and shared-projection SwiGLU experts (SPEC 2).
+"""Mixture of experts: noisy top-k gating and shared-projection SwiGLU experts
+(docs/architecture.md, sections 4-5).
 
 Shazeer et al. 2017, "Outrageously large neural networks", with the mLiT twist that the
 experts of a layer share V and W2 (paper Table 9) and only keep their own W.
@@ -24,7 +25,7 @@ def cv_squared(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class NoisyTopKGate(nn.Module):
-    """Noisy top-k gating with the importance and load-balancing losses (SPEC 2)."""
+    """Noisy top-k gating with the importance and load-balancing losses (section 4)."""
 
     def __init__(self, dim: int, num_experts: int, top_k: int, noisy: bool = True,
                  noise_epsilon: float = 1e-2, importance_weight: float = 0.01,
@@ -103,7 +104,7 @@ class SharedSwiGLUExperts(nn.Module):
 
 
 class MoELayer(nn.Module):
-    """y = sum_i G(x)_i E_i(x), then dropout (SPEC 2). Tokens are flattened to (B*N, d)."""
+    """y = sum_i G(x)_i E_i(x), then dropout (section 5). Tokens are flattened to (B*N, d)."""
 
     def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, dropout: float,
                  impl: str = "auto", **gate_kwargs):

@@ -1,4 +1,4 @@
-"""Optimisation (SPEC 5): parameter groups with layer-wise lr decay and no weight decay on
+"""Optimisation (docs/architecture.md, section 10): parameter groups with layer-wise lr decay and no weight decay on
 biases, norms and positional embeddings; AdamW or SGD; per-step warm-up and cosine decay."""
 
 from __future__ import annotations

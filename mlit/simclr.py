@@ -1,5 +1,5 @@
 """Contrastive pre-training of the mLiT encoder: SimCLR (Chen et al. 2020) with the InfoNCE
-(NT-Xent) loss, one of the zoo's pre-training variants (SPEC 6).
+(NT-Xent) loss, one of the zoo's pre-training variants (docs/zoo.md).
 
 Two augmented views of every image go through the encoder; the dummy-patch token passes a
 projection MLP, and each view must pick out its twin among the other 2B - 1 projections.

@@ -135,3 +135,17 @@ def test_averaged_models_use_the_runners_evaluation(micro_zoo):
         assert row["averaged_acc"] == pytest.approx(row["best_individual_acc"], abs=1e-9)
     model = analysis.finetunes[0]
     assert stats.agreement(analysis.predictions(model), analysis.predictions(model)) == 1.0
+
+
+def test_eval_of_a_zoo_epoch_checkpoint_matches_its_logged_accuracy(micro_zoo, capsys):
+    """mlit.eval rebuilds a zoo epoch's model from its model.pt alone and reads the data from
+    the model folder's recipe.yaml: the accuracy the runner logged for that epoch, exactly."""
+    from mlit.eval import main as evaluate_main
+    from mlit.zoo import layout
+
+    model_dir = micro_zoo / "finetuning/mae_seed0/ft_lr1e-03_sgd_mlp_seed2"
+    logged = {r["epoch"]: r["test_acc"] for r in layout.read_results(model_dir)}
+    for epoch in (0, 3):
+        path = model_dir / f"checkpoint_{epoch:06d}" / "model.pt"
+        assert evaluate_main([str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["top1"] == logged[epoch]

@@ -43,5 +43,9 @@ def test_param_counts_match_the_paper():
         assert abs(counts[name]["encoder"] / 1e6 - encoder) <= 0.01, name
         assert round(counts[name]["classifier"] / 1e6, 2) == classifier, name
         assert abs(counts[name]["decoder"] / 1e6 - 0.34) <= 0.01, name
-    assert counts["mlit_s"]["encoder"] == 2_368_610  # SPEC 3's own arithmetic: 2,368,6xx
+    assert counts["mlit_s"]["encoder"] == 2_368_610  # docs/architecture.md: 2,368,610
     assert counts["mlit_s"]["decoder"] == 337_140
+    # forward FLOPs of one 36x36 image (torch.utils.flop_counter) and parameters per token
+    assert counts["mlit_s"]["flops"] == 727_529_760
+    assert counts["mlit_s"]["active_params"] == 1_948_590
+    assert counts["mlit_xxs"]["flops"] < counts["mlit_xs"]["flops"] < counts["mlit_s"]["flops"]

@@ -4,7 +4,7 @@ bytes, shared memory and the matrix instruction, per target, dtype and kernel.
     python tools/kernel_report.py                 # sm_80 (A100) and sm_90 (H100), all dtypes
     python tools/kernel_report.py --archs 90 --json
 
-Runs Triton's compiler and ptxas ahead of time (mlit/kernels/aot.py). Spills and missing
+Runs Triton's compiler and ptxas ahead of time (kernels/aot.py, imported as mlit.kernels.aot). Spills and missing
 tensor-core instructions are what this can show; speed needs a GPU (tools/bench_moe.py).
 """
 

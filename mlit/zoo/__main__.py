@@ -1,4 +1,4 @@
-"""Model zoos of mLiT (seed 001; SPEC 6).
+"""Model zoos of mLiT (the ViT model-zoo paper; docs/zoo.md).
 
     python -m mlit.zoo plan recipes/zoo.yaml [--json]
     python -m mlit.zoo run recipes/zoo.yaml [--zoo-dir DIR] [--shard i/n] [--launcher ray]

@@ -1,4 +1,5 @@
-"""The analyses a zoo exists for (seed 001, sections 3-4 and Appendix B; SPEC 6).
+"""The analyses a zoo exists for (the ViT model-zoo paper, sections 3-4 and
+Appendix B; docs/zoo.md).
 
     ZooAnalysis(zoo_dir).run() -> dict
         table1     backbones per pre-training variant: accuracy, weight statistics, within-

@@ -1,4 +1,4 @@
-"""The zoo on disk (seed 001): pretraining/<model>/ and finetuning/<pretrained>/<model>/,
+"""The zoo on disk (docs/zoo.md): pretraining/<model>/ and finetuning/<pretrained>/<model>/,
 each with config.json, result.json (one JSON line per epoch, epoch 0 before training),
 checkpoint_0000XY/model.pt for every epoch, and status.json (ours: running, done, failed)."""
 

@@ -1,4 +1,4 @@
-"""MoTHeR lineage recovery (Horwitz et al. 2024; seed 001, Appendix B).
+"""MoTHeR lineage recovery (Horwitz et al. 2024; the ViT model-zoo paper, Appendix B).
 
 1. k-means on the weight vectors (L2 distance) groups descendants of one ancestor.
 2. Per cluster, M = d_c + lambda * mean(d_c) * T + diag(inf), T_ij = 1 where kurtosis_i >

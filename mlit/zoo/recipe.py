@@ -1,5 +1,5 @@
 """Zoo recipes: the backbones (pre-training variants lambda_P and their seeds) and the
-fine-tune grid lambda_F (seed 001, Appendix A.1; SPEC 6). Every run of a zoo is an ordinary
+fine-tune grid lambda_F (the ViT model-zoo paper, Appendix A.1; docs/zoo.md). Every run of a zoo is an ordinary
 one-stage recipe of `mlit.train`, built here."""
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""Export a checkpoint's weights as safetensors, the format timm and the Hugging Face
+ecosystem load, with everything needed to rebuild the model in the file's metadata.
+
+    python -m mlit.export runs/mmlit_s/finetune/checkpoint.pt mmlit_s.safetensors
+    python -m mlit.export runs/mmlit_s/pretrain/checkpoint.pt encoder.safetensors --encoder-only
+
+Metadata (all strings): format "mlit", kind (pretrain, simclr, finetune, supervised or
+encoder), model_name, model_config (JSON of every MLiTConfig field) and, when the checkpoint
+belongs to a run, recipe (its resolved recipe as JSON, so `mlit.eval` knows the dataset).
+Tensors keep their state-dict names; an encoder-only file holds the encoder's own names
+(`patch_embed.proj.weight`, `layers.0.attn.q_proj.weight`, ...). `mlit.load(path)` rebuilds the
+model from the file alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mlit import modelfile
+from mlit.checkpoint import CheckpointError
+from mlit.config import RecipeError
+from mlit.files import DiskFull, write_bytes_atomic
+
+
+def export(source: str | Path, out: str | Path, encoder_only: bool = False) -> Path:
+    from safetensors.torch import save
+
+    mf = modelfile.read(source)
+    state, kind = mf.state, mf.kind
+    if encoder_only:
+        state, kind = mf.encoder_state(), "encoder"
+        if not state:
+            raise CheckpointError(f"{mf.path}: holds no encoder weights")
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(mf.config).items()}
+    metadata = {"format": "mlit", "kind": kind, "model_name": mf.name,
+                "model_config": json.dumps(config)}
+    if mf.recipe is not None:
+        metadata["recipe"] = json.dumps(mf.recipe)
+    out = Path(out)
+    write_bytes_atomic(out, save({k: v.contiguous() for k, v in state.items()}, metadata))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlit.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("out", help="the .safetensors file to write")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="the encoder's weights alone (a backbone to fine-tune)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.out.endswith(".safetensors"):
+        print(f"mlit.export: {args.out}: the output must end in .safetensors", file=sys.stderr)
+        return 2
+    try:
+        path = export(args.checkpoint, args.out, args.encoder_only)
+    except (CheckpointError, RecipeError) as err:
+        print(f"mlit.export: {err}", file=sys.stderr)
+        return 2
+    except DiskFull as err:
+        print(f"mlit.export: {err}", file=sys.stderr)
+        return 1
+    mf = modelfile.read(path)
+    n = sum(t.numel() for t in mf.state.values())
+    print(f"wrote {path}: {mf.name} ({mf.kind}), {len(mf.state)} tensors, {n:,} values")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""FLOPs counted by torch.utils.flop_counter against a hand count of the GEMMs, and the
+parameters a token uses."""
+
+import pytest
+
+import mlit
+from mlit.flops import active_params, forward_flops, training_flops
+
+
+def hand_count(cfg, num_classes=100) -> int:
+    """Forward FLOPs per image (2 per multiply-add) of every matrix product of the classifier:
+    patch embedding, q/k/v/o, the two attention products, the clean gate, the shared V and
+    W2, the k routed experts' W, the head."""
+    n, d = cfg.num_patches + 1, cfg.embed_dim
+    head_dim = d // cfg.num_heads
+    kv = cfg.num_kv_groups * head_dim
+    flops = 2 * n * cfg.patch_dim * d
+    for h, experts in zip(cfg.hidden_sizes(), cfg.experts_per_layer()):
+        flops += 2 * n * (2 * d * d + 2 * d * kv)  # q, o; k, v
+        flops += 2 * 2 * cfg.num_heads * n * n * head_dim  # q k^T, then the values
+        flops += 2 * n * d * experts  # clean gate logits
+        flops += 2 * n * d * h * (1 + cfg.top_k) + 2 * n * h * d  # V, k experts' W, W2
+    return flops + 2 * d * num_classes
+
+
+@pytest.mark.parametrize("name", ["mlit_s", "mlit_xxs"])
+def test_counted_forward_flops_match_a_hand_count(name):
+    cfg = mlit.model_config(name)
+    counted, expected = forward_flops(cfg), hand_count(cfg)
+    assert abs(counted - expected) / expected < 0.05, (counted, expected)
+
+
+def test_training_counts_the_backward_and_the_noise_gate():
+    cfg = mlit.model_config("mlit_micro", num_classes=10)
+    forward, train = forward_flops(cfg), training_flops(cfg, "supervised")
+    assert 2.9 < train / forward < 3.3  # backward ~ 2x forward, plus x Wn in training
+    mae = training_flops(cfg, "pretrain")
+    assert mae < train  # the encoder sees a quarter of the patches
+
+
+def test_active_parameters_leave_out_the_unrouted_experts():
+    cfg = mlit.model_config("mlit_s")
+    total = sum(p.numel() for p in mlit.create_model("mlit_s").parameters())
+    d = cfg.embed_dim
+    unrouted = sum((e - cfg.top_k) * (d * h + h)
+                   for h, e in zip(cfg.hidden_sizes(), cfg.experts_per_layer()))
+    assert active_params(cfg) == total - unrouted == 1_948_590
