@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
-from mlit.kernels.moe import launch_options
+from mlit.kernels.moe import TRITON_ARRANGEMENTS, launch_options
 from mlit.kernels.moe_kernels import moe_hidden_bwd_kernel, moe_hidden_fwd_kernel
 
 KERNELS = {"forward": moe_hidden_fwd_kernel, "backward": moe_hidden_bwd_kernel}
@@ -46,12 +46,13 @@ def signature(kernel, dtype: torch.dtype) -> dict[str, str]:
     return sig
 
 
-def compile_kernel(kernel, dtype: torch.dtype, arch: int):
-    """Triton's full pipeline (TTIR, TTGIR, LLVM IR, PTX, cubin) for sm_<arch>."""
+def compile_kernel(kernel, dtype: torch.dtype, arch: int, shared: str = "v_w2"):
+    """Triton's full pipeline (TTIR, TTGIR, LLVM IR, PTX, cubin) for sm_<arch>, for one
+    sharing arrangement of the experts (TRITON_ARRANGEMENTS)."""
     if not hasattr(kernel, "params"):  # @triton.jit gave an interpreter function
         raise RuntimeError("ahead-of-time compilation needs real Triton kernels: unset "
                            "TRITON_INTERPRET before importing mlit.kernels")
-    constants = launch_options(dtype)
+    constants = {**launch_options(dtype), "SWISH_SHARED": TRITON_ARRANGEMENTS[shared]}
     num_warps = constants.pop("num_warps")
     source = ASTSource(kernel, signature(kernel, dtype), constants)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),

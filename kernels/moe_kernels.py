@@ -2,13 +2,15 @@
 
 For a tile of tokens and a tile of hidden units they compute
 
-    value = x V^T + c                       (shared by every expert)
-    a_e   = x W_e + b_e                     (only for experts routed in the tile)
-    H     = value * sum_e g_e * silu(a_e)   (the one activation written to memory)
+    s     = x U^T + u                       (the shared projection, one for every expert)
+    a_e   = x P_e + p_e                     (expert e's own, only for experts routed in the tile)
+    H     = f(s) * sum_e g_e * phi(a_e)     (the one activation written to memory)
 
-and, backwards, the element-wise part of the gradient (recomputing a_e rather than storing
-it): dvalue = dH * mixed, dact_e = dH * value * g_e * silu'(a_e), dg_e = sum_h dH * value *
-silu(a_e). The weight and input gradients are then plain GEMMs (cuBLAS) over those.
+with the swish on the expert's side (f = id, phi = silu: shared = v_w2, U = V, P_e = W_e) or
+on the shared side (f = silu, phi = id: shared = w_w2, U = W, P_e = V_e), the compile-time
+SWISH_SHARED. Backwards, the element-wise part of the gradient (recomputing a_e rather than
+storing it): ds = dH * mixed * f'(s), dact_e = dH * f(s) * g_e * phi'(a_e), dg_e = sum_h dH *
+f(s) * phi(a_e). The weight and input gradients are then plain GEMMs (cuBLAS) over those.
 
 Offsets are int64 (N * E * h can pass 2^31 at MAE batch sizes); widths that are not powers
 of two (27, 81, 144) are handled by masked tiles.
@@ -64,14 +66,16 @@ def _expert_preactivation(X, W, B, e, offs_n, offs_h, mask_n, mask_h, D, HID,
 
 @triton.jit
 def moe_hidden_fwd_kernel(
-    X, G, W, B, V, C, H,  # x (N,D), gates (N,E), W (E,D,HID), b (E,HID), V (HID,D), c (HID), H (N,HID)
+    X, G, W, B, V, C, H,  # x (N,D), gates (N,E), P (E,D,HID), p (E,HID), U (HID,D), u (HID), H (N,HID)
     N, D, HID, E,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, SWISH_SHARED: tl.constexpr,
 ):
     offs_n, offs_h, mask_n, mask_h = _tile_offsets(N, HID, BLOCK_N, BLOCK_H)
     value = _shared_value(X, V, C, offs_n, offs_h, mask_n, mask_h, D,
                           BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
+    if SWISH_SHARED:
+        value = value * tl.sigmoid(value)
 
     mixed = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
     for e in range(E):
@@ -79,7 +83,10 @@ def moe_hidden_fwd_kernel(
         if tl.max(g, axis=0) > 0:  # skip experts that no token of this tile chose
             a = _expert_preactivation(X, W, B, e, offs_n, offs_h, mask_n, mask_h, D, HID,
                                       BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
-            mixed += g[:, None] * (a * tl.sigmoid(a))
+            if SWISH_SHARED:
+                mixed += g[:, None] * a
+            else:
+                mixed += g[:, None] * (a * tl.sigmoid(a))
 
     out = value * mixed
     tl.store(H + offs_n[:, None] * HID + offs_h[None, :], out.to(H.dtype.element_ty),
@@ -92,14 +99,18 @@ def moe_hidden_bwd_kernel(
     DVALUE, DACT, DG,  # dvalue (N,HID), dact (N,E*HID) zero-filled, dg partials (tiles_h,N,E) zero-filled
     N, D, HID, E,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, SWISH_SHARED: tl.constexpr,
 ):
     offs_n, offs_h, mask_n, mask_h = _tile_offsets(N, HID, BLOCK_N, BLOCK_H)
     mask = mask_n[:, None] & mask_h[None, :]
     value = _shared_value(X, V, C, offs_n, offs_h, mask_n, mask_h, D,
-                          BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
+                          BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)  # s, before f
+    if SWISH_SHARED:
+        sig_s = tl.sigmoid(value)
+        dvalue_scale = sig_s * (1.0 + value * (1.0 - sig_s))  # f'(s) = silu'(s)
+        value = value * sig_s
     dh = tl.load(DH + offs_n[:, None] * HID + offs_h[None, :], mask=mask, other=0.0)
-    dmixed = dh.to(tl.float32) * value  # dL/d(sum_e g_e silu(a_e))
+    dmixed = dh.to(tl.float32) * value  # dL/d(sum_e g_e phi(a_e))
 
     mixed = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
     for e in range(E):
@@ -107,17 +118,23 @@ def moe_hidden_bwd_kernel(
         if tl.max(g, axis=0) > 0:
             a = _expert_preactivation(X, W, B, e, offs_n, offs_h, mask_n, mask_h, D, HID,
                                       BLOCK_N, BLOCK_H, BLOCK_D, PRECISION)
-            sig = tl.sigmoid(a)
-            act = a * sig
+            if SWISH_SHARED:
+                act = a
+                dact = dmixed * g[:, None]
+            else:
+                sig = tl.sigmoid(a)
+                act = a * sig
+                dact = dmixed * g[:, None] * (sig * (1.0 + a * (1.0 - sig)))  # silu'
             mixed += g[:, None] * act
             # gate gradient: only where routed (the contract of mlit.dispatch)
             dg = tl.where(g > 0, tl.sum(dmixed * act, axis=1), 0.0)
             tl.store(DG + tl.program_id(1).to(tl.int64) * N * E + offs_n * E + e, dg,
                      mask=mask_n)
-            dact = dmixed * g[:, None] * (sig * (1.0 + a * (1.0 - sig)))  # silu'
             tl.store(DACT + offs_n[:, None] * (E * HID) + e * HID + offs_h[None, :],
                      dact.to(DACT.dtype.element_ty), mask=mask)
 
     dvalue = dh.to(tl.float32) * mixed
+    if SWISH_SHARED:
+        dvalue = dvalue * dvalue_scale
     tl.store(DVALUE + offs_n[:, None] * HID + offs_h[None, :],
              dvalue.to(DVALUE.dtype.element_ty), mask=mask)

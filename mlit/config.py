@@ -276,15 +276,13 @@ def build_recipe(tree: dict) -> Recipe:
     return recipe
 
 
-def read_tree(path: str | Path, overrides: list[str], what: str, shipped: str) -> dict:
-    """A recipe file (`what`: recipe or zoo recipe) as a settings tree, its name defaulting
-    to the file's stem, with the overrides applied."""
-    path = Path(path)
+def read_file_tree(path: Path, what: str, shipped: str, seen: tuple = ()) -> dict:
+    """One recipe file as a settings tree. `base: other.yaml` (relative to the file) starts
+    from that recipe's tree and merges this file's sections into it, key by key."""
     if not path.is_file():
         raise RecipeError(f"{what} {path} not found ({shipped})")
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         text = None
     if text is None or "\x00" in text:
@@ -292,7 +290,33 @@ def read_tree(path: str | Path, overrides: list[str], what: str, shipped: str) -
     tree = parse_yaml(text, str(path)) or {}
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections")
-    tree = copy.deepcopy(tree)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise RecipeError(f"{path}: base: expected the file name of another recipe")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise RecipeError(f"{path}: base: {base} leads back to itself")
+    return merge(read_file_tree(base_path, what, shipped, (*seen, path.resolve())), tree)
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """base with changes applied; sections merge recursively, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_tree(path: str | Path, overrides: list[str], what: str, shipped: str) -> dict:
+    """A recipe file (`what`: recipe or zoo recipe) as a settings tree, its name defaulting
+    to the file's stem, with the overrides applied."""
+    path = Path(path)
+    tree = read_file_tree(path, what, shipped)
     tree.setdefault("name", path.stem)
     for text in overrides:
         apply_override(tree, *parse_override(text))

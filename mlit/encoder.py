@@ -59,18 +59,26 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 class DenseMLP(nn.Module):
     """The dense ViT's feed-forward block, Linear-GELU-Linear, sized to hold as many
-    parameters as the MoE layer it replaces (gates, E experts' W, shared V and W2)."""
+    parameters as the MoE layer it replaces (gates, the experts' own and shared projections)."""
 
-    def __init__(self, dim: int, hidden: int, num_experts: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, num_experts: int, dropout: float, cfg: MLiTConfig):
         super().__init__()
-        moe_params = 2 * dim * num_experts + (num_experts + 1) * (dim + 1) * hidden \
-            + hidden * dim + dim
+        with torch.device("meta"):
+            moe = moe_layer(dim, hidden, num_experts, cfg)
+        moe_params = sum(p.numel() for p in moe.parameters())
         width = max(1, round((moe_params - dim) / (2 * dim + 1)))
         self.net = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, dim),
                                  nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net(x), x.new_zeros((), dtype=torch.float32)
+
+
+def moe_layer(dim: int, hidden: int, num_experts: int, cfg: MLiTConfig) -> MoELayer:
+    return MoELayer(dim, hidden, num_experts, cfg.top_k, cfg.expert_dropout,
+                    impl=cfg.moe_impl, shared=cfg.shared, noisy=cfg.noisy_gating,
+                    noise_epsilon=cfg.noise_epsilon, importance_weight=cfg.importance_weight,
+                    load_weight=cfg.load_weight, cv_epsilon=cfg.cv_epsilon)
 
 
 class EncoderLayer(nn.Module):
@@ -83,13 +91,9 @@ class EncoderLayer(nn.Module):
         self.attn = GroupedQueryAttention(dim, num_heads, num_kv_groups)
         self.norm2 = nn.LayerNorm(dim)
         if cfg.ffn == "mlp":
-            self.mlp = DenseMLP(dim, hidden, num_experts, cfg.expert_dropout)
+            self.mlp = DenseMLP(dim, hidden, num_experts, cfg.expert_dropout, cfg)
         else:
-            self.moe = MoELayer(dim, hidden, num_experts, cfg.top_k, cfg.expert_dropout,
-                                impl=cfg.moe_impl, noisy=cfg.noisy_gating,
-                                noise_epsilon=cfg.noise_epsilon,
-                                importance_weight=cfg.importance_weight,
-                                load_weight=cfg.load_weight, cv_epsilon=cfg.cv_epsilon)
+            self.moe = moe_layer(dim, hidden, num_experts, cfg)
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from mlit.dispatch import SHARED, TRITON_SHARED
+
 HEADS = ("linear", "mlp")
 MOE_IMPLS = ("auto", "torch", "dense", "triton")
 
@@ -38,6 +40,9 @@ class MLiTConfig:
     load_weight: float = 0.01  # w_load (our reading)
     cv_epsilon: float = 1e-10  # added to mean^2 in CV^2
     moe_impl: str = "auto"  # expert dispatch: auto | torch | dense | triton
+    # the two of the SwiGLU's projections W (under the swish), V and W2 that a layer's experts
+    # share; each expert owns the third (paper Table 9; docs/architecture.md, section 5)
+    shared: str = "v_w2"
     # feed-forward block: moe (mLiT), or mlp, a plain GELU MLP of the same parameter count,
     # the dense ViT a user would otherwise pick (the throughput reference)
     ffn: str = "moe"
@@ -164,6 +169,10 @@ class MLiTConfig:
         need(self.simclr_temperature > 0, "simclr_temperature", "must be positive")
         need(self.head in HEADS, "head", f"must be one of {', '.join(HEADS)}")
         need(self.moe_impl in MOE_IMPLS, "moe_impl", f"must be one of {', '.join(MOE_IMPLS)}")
+        need(self.shared in SHARED, "shared", f"must be one of {', '.join(SHARED)}")
+        need(self.moe_impl != "triton" or self.shared in TRITON_SHARED, "moe_impl",
+             f"the Triton kernel serves shared={' and '.join(TRITON_SHARED)}; with "
+             f"shared={self.shared} each expert owns its W2 (use torch, dense or auto)")
         need(self.ffn in ("moe", "mlp"), "ffn", "must be moe or mlp")
         for name in ("importance_weight", "load_weight", "moe_loss_weight",
                      "unmasked_loss_weight", "noise_epsilon", "cv_epsilon"):

@@ -2,7 +2,8 @@
 (docs/architecture.md, sections 4-5).
 
 Shazeer et al. 2017, "Outrageously large neural networks", with the mLiT twist that the
-experts of a layer share V and W2 (paper Table 9) and only keep their own W.
+experts of a layer share two of their three projections and own the third: V and W2 shared
+by default (paper Table 9, where this was best), or W and W2, or W and V (`shared`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlit.dispatch import expert_mixture
+from mlit.dispatch import SHARED, expert_mixture
 
 
 def cv_squared(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -83,35 +84,57 @@ class NoisyTopKGate(nn.Module):
         return torch.special.ndtr((clean - threshold) / noise_std)
 
 
-class SharedSwiGLUExperts(nn.Module):
-    """E SwiGLU experts E_i(x) = (Swish(x W_i + b_i) * (x V + c)) W2 + b2, sharing V, c, W2, b2."""
+# which of W (under the swish), V and W2 each expert owns, per sharing arrangement
+OWNED = {"v_w2": "w", "w_w2": "v", "w_v": "w2"}
 
-    def __init__(self, dim: int, hidden: int, num_experts: int, impl: str = "auto"):
+
+class SharedSwiGLUExperts(nn.Module):
+    """E SwiGLU experts E_i(x) = (Swish(x W + b) * (x V + c)) W2 + b2 that share two of the
+    three projections (`shared`, Table 9) and own the third, `expert_weight`/`expert_bias`
+    (E, in, out). The shared ones are nn.Linear: `swish_proj` (W, b), `value_proj` (V, c),
+    `out_proj` (W2, b2). The default v_w2 owns W: `expert_weight` is (E, d, h)."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, impl: str = "auto",
+                 shared: str = "v_w2"):
         super().__init__()
-        self.impl = impl
-        self.expert_weight = nn.Parameter(torch.empty(num_experts, dim, hidden))  # W_i
-        self.expert_bias = nn.Parameter(torch.empty(num_experts, hidden))  # b_i
-        bound = 1 / math.sqrt(dim)  # each W_i initialised like its own nn.Linear(dim, hidden)
+        if shared not in SHARED:
+            raise ValueError(f"shared={shared!r}: must be one of {', '.join(SHARED)}")
+        self.impl, self.shared, self.owned = impl, shared, OWNED[shared]
+        fan_in, fan_out = (hidden, dim) if self.owned == "w2" else (dim, hidden)
+        self.expert_weight = nn.Parameter(torch.empty(num_experts, fan_in, fan_out))
+        self.expert_bias = nn.Parameter(torch.empty(num_experts, fan_out))
+        bound = 1 / math.sqrt(fan_in)  # each expert's own projection as its own nn.Linear
         nn.init.uniform_(self.expert_weight, -bound, bound)
         nn.init.uniform_(self.expert_bias, -bound, bound)
-        self.value_proj = nn.Linear(dim, hidden)  # V, c (shared)
-        self.out_proj = nn.Linear(hidden, dim)  # W2, b2 (shared)
+        if self.owned != "w":
+            self.swish_proj = nn.Linear(dim, hidden)  # W, b (shared)
+        if self.owned != "v":
+            self.value_proj = nn.Linear(dim, hidden)  # V, c (shared)
+        if self.owned != "w2":
+            self.out_proj = nn.Linear(hidden, dim)  # W2, b2 (shared)
+
+    def projections(self) -> tuple[torch.Tensor, ...]:
+        """(W, b, V, c, W2, b2) in mlit.dispatch's order and layouts."""
+        own = (self.expert_weight, self.expert_bias)
+        w = own if self.owned == "w" else (self.swish_proj.weight, self.swish_proj.bias)
+        v = own if self.owned == "v" else (self.value_proj.weight, self.value_proj.bias)
+        w2 = own if self.owned == "w2" else (self.out_proj.weight, self.out_proj.bias)
+        return (*w, *v, *w2)
 
     def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        return expert_mixture(x, gates, self.expert_weight, self.expert_bias,
-                              self.value_proj.weight, self.value_proj.bias,
-                              self.out_proj.weight, self.out_proj.bias, impl=self.impl)
+        return expert_mixture(x, gates, *self.projections(), shared=self.shared,
+                              impl=self.impl)
 
 
 class MoELayer(nn.Module):
     """y = sum_i G(x)_i E_i(x), then dropout (section 5). Tokens are flattened to (B*N, d)."""
 
     def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, dropout: float,
-                 impl: str = "auto", **gate_kwargs):
+                 impl: str = "auto", shared: str = "v_w2", **gate_kwargs):
         super().__init__()
         self.num_experts = num_experts
         self.gate = NoisyTopKGate(dim, num_experts, top_k, **gate_kwargs)
-        self.experts = SharedSwiGLUExperts(dim, hidden, num_experts, impl)
+        self.experts = SharedSwiGLUExperts(dim, hidden, num_experts, impl, shared)
         # Dropout of each expert's output, applied once to the gated sum (the same in
         # expectation; one mask instead of k).
         self.dropout = nn.Dropout(dropout)

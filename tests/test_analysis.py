@@ -124,6 +124,9 @@ def test_analyze_writes_the_report_and_its_figures(micro_zoo, capsys):
     assert (out / "soups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "Table 2" in report and "![soups.png](soups.png)" in report
+    assert "## Every factor jointly (Table 6)" in report and len(result["table6"]) == 8
+    assert "|  | Epochs | Seed | LR | Cls. Head | Optimizer |" in report  # Table 3 layout
+    assert "| nodes / edges | 8 / 6 | 14 / 12 | - | 14 / 12 | 14 / 12 |" in report
 
 
 def test_averaged_models_use_the_runners_evaluation(micro_zoo):
@@ -149,3 +152,42 @@ def test_eval_of_a_zoo_epoch_checkpoint_matches_its_logged_accuracy(micro_zoo, c
         path = model_dir / f"checkpoint_{epoch:06d}" / "model.pt"
         assert evaluate_main([str(path), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["top1"] == logged[epoch]
+
+
+def test_refined_zoo_joint_breakdown_and_the_papers_lineage_protocol(micro_zoo):
+    full = ZooAnalysis(micro_zoo)
+    accs = sorted(m.last["test_acc"] for m in full.finetunes)
+    threshold = accs[len(accs) // 2]
+    kept = {m.path for m in full.finetunes if m.last["test_acc"] >= threshold}
+    refined = ZooAnalysis(micro_zoo, min_acc=threshold)
+    assert refined.refined == {"min_acc": threshold, "kept": len(kept), "finished": 16}
+    assert {m.path for m in refined.finetunes} == kept and 0 < len(kept) < 16
+    assert refined.table2()["all"]["models"] == len(kept)
+    assert len(refined.backbones) == 2  # backbones are all kept
+    with pytest.raises(ValueError, match="no fine-tune reaches it"):
+        ZooAnalysis(micro_zoo, min_acc=1.01)
+    # Table 6: every factor jointly; the two head seeds pooled per row
+    rows = full.table6()
+    assert [(r["pretraining"], r["optimizer"], r["head"]) for r in rows] == [
+        (p, o, h) for p in ("mae", "supervised") for o in ("adamw", "sgd")
+        for h in ("linear", "mlp")]
+    for r in rows:
+        group = [m.last["test_acc"] for m in full.finetunes
+                 if (m.factors["pretraining"], m.factors["optimizer"], m.factors["head"])
+                 == (r["pretraining"], r["optimizer"], r["head"])]
+        assert r["models"] == 2 and (r["min"], r["max"]) == (min(group), max(group))
+        assert r["accuracy"]["mean"] == pytest.approx(sum(group) / 2)
+    # MoTHeR as the paper's Appendix B: every backbone the same number of descendants, a
+    # factor with two values padded with epochs into two chains
+    labels, _, parents, children = full.lineage_population("head_seed")
+    assert children == 6 and len(labels) == 2 * (1 + 6)
+    roots = [i for i, p in enumerate(parents) if p is None]
+    assert len(roots) == 2
+    first = labels[roots[0] + 1].split("@")[0]
+    assert [labels[i].split("@")[1] for i in range(roots[0] + 1, roots[0] + 4)] == ["1", "2", "3"]
+    assert parents[roots[0] + 1] == roots[0] and parents[roots[0] + 2] == roots[0] + 1
+    assert parents[roots[0] + 4] == roots[0] and labels[roots[0] + 4].split("@")[0] != first
+    full.mother_children = 4
+    assert full.lineage_population("head_seed")[3] == 4
+    assert [labels.split("@")[1] for labels in full.lineage_population("epochs")[0][1:4]] == [
+        "1", "2", "3"]

@@ -87,3 +87,25 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "mlit.train: pretrain.batch_sise: unknown key\n"
     assert not (tmp_path / "recipe.yaml").exists()  # stopped before any work
+
+
+def test_table9_recipes_are_mmlit_s_with_another_arrangement():
+    from mlit.config import changed_fields
+
+    base = load_recipe(ROOT / "recipes/mmlit_s.yaml")
+    for shared in ("v_w2", "w_w2", "w_v"):
+        recipe = load_recipe(ROOT / f"recipes/ablation_sharing_{shared}.yaml")
+        assert recipe.name == f"ablation_sharing_{shared}"
+        expected = [] if shared == "v_w2" else [("model.shared", "v_w2", shared)]
+        assert changed_fields(base, recipe) == expected
+
+
+def test_a_recipe_base_merges_sections_and_refuses_cycles(tmp_path):
+    (tmp_path / "a.yaml").write_text("model: {name: mlit_micro}\ndata: {dataset: digits}\n"
+                                     "supervised: {epochs: 3, batch_size: 8, base_lr: 1.0e-3}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nsupervised: {epochs: 5}\n")
+    recipe = load_recipe(tmp_path / "b.yaml")
+    assert (recipe.name, recipe.supervised.epochs, recipe.supervised.batch_size) == ("b", 5, 8)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(RecipeError, match="a.yaml: base: b.yaml leads back to itself"):
+        load_recipe(tmp_path / "b.yaml")

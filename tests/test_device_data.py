@@ -104,3 +104,81 @@ def test_two_views_differ():
                           (1,) * 3, Augment(color_jitter=0.5, grayscale=0.2), two_views=True)
     (a, b), _ = next(iter(loader))
     assert a.shape == b.shape == (8, 3, 36, 36) and not torch.equal(a, b)
+
+
+class FlowerLike:
+    """Large images of two sizes and aspect ratios, as PIL images (Flowers102's form, with its
+    `transform` attribute): red rises left to right, green top to bottom (the crop box can be
+    read back), blue has vertical stripes 12 px apart (detail that a small stored copy loses)."""
+
+    def __init__(self, n: int, transform=None):
+        self.n, self.transform = n, transform
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        H, W = (240, 320) if i % 2 else (300, 200)
+        img = np.zeros((H, W, 3), np.uint8)
+        img[..., 0] = np.linspace(0, 255, W)[None, :].round()
+        img[..., 1] = np.linspace(0, 255, H)[:, None].round()
+        img[..., 2] = np.where((np.arange(W) // 6) % 2, 255, 0)[None, :]
+        pil = Image.fromarray(img)
+        return (self.transform(pil) if self.transform else pil), i % 2
+
+
+def stripe_energy(batch: torch.Tensor) -> np.ndarray:
+    """Mean absolute difference of neighbouring blue pixels: how much of the stripes a crop
+    kept after its resize to 36 px."""
+    blue = batch[:, 2]
+    return (blue[:, :, 1:] - blue[:, :, :-1]).abs().mean((1, 2)).numpy()
+
+
+def test_large_images_of_many_sizes_crop_as_on_the_cpu():
+    """Flowers102 on the device pipeline: crops drawn in each image's frame, at full
+    resolution, have the CPU pipeline's boxes, flips and detail; the 36 px copy the pipeline
+    used to keep, or a copy at 144 px, loses detail (and a test of it fails)."""
+    from mlit.data.device import dataset_to_ragged, dataset_to_uint8
+
+    torch.manual_seed(0)
+    n, aug = 600, Augment(crop_scale=(0.2, 1.0))
+    cpu = train_transform(aug, 36, (0, 0, 0), (1, 1, 1))
+    reference = torch.stack([FlowerLike(n, cpu)[i][0] for i in range(n)])
+    images, labels = dataset_to_ragged(FlowerLike(n))
+    assert images[0].shape == (3, 300, 200) and images[1].shape == (3, 240, 320)
+    loader = DeviceLoader(images, labels, n, 36, (0, 0, 0), (1, 1, 1), aug)
+    loader.generator.manual_seed(1)
+    ours, _ = next(iter(loader))
+    assert ours.shape == reference.shape == (n, 3, 36, 36)
+    a, b = box_statistics(reference), box_statistics(ours)
+    for key in ("cx", "cy", "w", "h"):
+        p = scipy.stats.ks_2samp(a[key], b[key]).pvalue
+        assert p > 1e-3, (key, p, a[key].mean(), b[key].mean())
+    assert abs(a["flipped"].mean() - b["flipped"].mean()) < 0.08
+    detail = scipy.stats.ks_2samp(stripe_energy(reference), stripe_energy(ours)).pvalue
+    assert detail > 1e-3, (detail, stripe_energy(reference).mean(), stripe_energy(ours).mean())
+    # the former storage, every image resized to 36 x 36 once, and a 144 px copy: the crops
+    # taken from them lose the stripes that the full-resolution crops keep
+    small, small_labels = dataset_to_uint8(FlowerLike(n), 36)
+    smaller = [torch.nn.functional.interpolate(im[None].float(), scale_factor=144 / min(
+        im.shape[1:]), mode="bilinear", antialias=True)[0].round().byte() for im in images]
+    for stored in (small, smaller):
+        other = DeviceLoader(stored, labels, n, 36, (0, 0, 0), (1, 1, 1), aug)
+        other.generator.manual_seed(1)
+        thumbnails, _ = next(iter(other))
+        assert scipy.stats.ks_2samp(stripe_energy(reference),
+                                    stripe_energy(thumbnails)).pvalue < 1e-6
+
+
+def test_a_ragged_split_without_crops_is_the_resized_image():
+    from mlit.data.device import dataset_to_ragged
+
+    images, labels = dataset_to_ragged(FlowerLike(4))
+    loader = DeviceLoader(images, labels, 4, 36, (0, 0, 0), (1 / 255,) * 3,
+                          Augment(random_resized_crop=False, hflip=False), shuffle=False)
+    ours, y = next(iter(loader))
+    cpu = train_transform(Augment(random_resized_crop=False, hflip=False), 36, (0, 0, 0),
+                          (1 / 255,) * 3)
+    expected = torch.stack([FlowerLike(4, cpu)[i][0] for i in range(4)])
+    assert (ours - expected).abs().max() <= 1.0  # PIL's resize and torch's, within a level
+    assert y.tolist() == [0, 1, 0, 1]

@@ -159,3 +159,88 @@ def test_moe_layer_shapes_and_load_bookkeeping():
 def test_gate_rejects_k_larger_than_experts():
     with pytest.raises(ValueError, match="top_k=4"):
         NoisyTopKGate(8, num_experts=3, top_k=4)
+
+
+# -- Table 9: which two projections the experts share -------------------------------------------
+def arrangement_inputs(shared, N=40, d=12, h=7, E=4, k=2, seed=0):
+    """Tokens, top-k gates and (W, b, V, c, W2, b2): the owned projection stacked per expert,
+    the shared two in nn.Linear's layout (mlit.dispatch's contract)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, d, generator=g)
+    vals, idx = torch.randn(N, E, generator=g).topk(k, dim=1)
+    gates = torch.zeros(N, E).scatter(1, idx, vals.softmax(1))
+    owned = {"v_w2": "w", "w_w2": "v", "w_v": "w2"}[shared]
+    shapes = {"w": ((h, d), (E, d, h)), "v": ((h, d), (E, d, h)), "w2": ((d, h), (E, h, d))}
+    weights = []
+    for name in ("w", "v", "w2"):
+        shape = shapes[name][owned == name]
+        weights += [torch.randn(*shape, generator=g) * 0.3,
+                    torch.randn(*(shape[:-2] + shape[-1:] if owned == name else shape[:1]),
+                                generator=g) * 0.1]
+    return x, gates, weights
+
+
+def expert_output(x, e, shared, w, b, v, c, w2, b2):
+    """E_e(x) = (silu(x W + b) * (x V + c)) W2 + b2 with expert e's own projection."""
+    silu = torch.nn.functional.silu
+    swish = silu(x @ w[e] + b[e]) if shared == "v_w2" else silu(x @ w.t() + b)
+    value = x @ v[e] + c[e] if shared == "w_w2" else x @ v.t() + c
+    if shared == "w_v":
+        return (swish * value) @ w2[e] + b2[e]
+    return (swish * value) @ w2.t() + b2
+
+
+@pytest.mark.parametrize("shared", ["v_w2", "w_w2", "w_v"])
+@pytest.mark.parametrize("impl", ["torch", "dense"])
+def test_every_arrangement_equals_its_sum_of_gated_experts(shared, impl):
+    x, gates, weights = arrangement_inputs(shared)
+    expected = sum(gates[:, e:e + 1] * expert_output(x, e, shared, *weights)
+                   for e in range(gates.shape[1]))
+    got = expert_mixture(x, gates, *weights, shared=shared, impl=impl)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shared", ["w_w2", "w_v"])
+def test_torch_and_dense_gradients_agree_for_every_arrangement(shared):
+    x, gates, weights = arrangement_inputs(shared)
+    grads = {}
+    for impl in ("torch", "dense"):
+        inputs = [t.clone().requires_grad_() for t in (x, gates, *weights)]
+        expert_mixture(*inputs, shared=shared, impl=impl).pow(2).sum().backward()
+        grads[impl] = [t.grad * (gates > 0) if i == 1 else t.grad
+                       for i, t in enumerate(inputs)]
+    for a, b in zip(grads["torch"], grads["dense"]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_arrangements_own_different_parameters():
+    import mlit
+
+    counts = {s: sum(p.numel() for p in mlit.create_model("mlit_s", shared=s).parameters())
+              for s in ("v_w2", "w_w2", "w_v")}
+    # W and V have the same shape (d -> h), so owning one or the other costs the same;
+    # owning W2 (h -> d, bias d) instead moves E - 1 bias vectors from size h to size d:
+    # (E - 1)(d - h) more per layer, as d >= h in every layer
+    assert counts["v_w2"] == counts["w_w2"] == 2_383_010
+    cfg = mlit.model_config("mlit_s")
+    extra = sum((e - 1) * (cfg.embed_dim - h) for h, e in
+                zip(cfg.hidden_sizes(), cfg.experts_per_layer()))
+    assert counts["w_v"] == counts["v_w2"] + extra == 2_384_868
+    experts = mlit.create_model("mlit_s", shared="w_v").encoder.layers[0].moe.experts
+    assert experts.expert_weight.shape == (3, 144, 144) and experts.expert_bias.shape == (3, 144)
+    assert not hasattr(experts, "out_proj") and hasattr(experts, "swish_proj")
+
+
+def test_the_triton_kernel_refuses_an_arrangement_it_cannot_fuse():
+    import mlit
+
+    with pytest.raises(ValueError, match="^moe_impl='triton': the Triton kernel serves "
+                                         "shared=v_w2 and w_w2; with shared=w_v"):
+        mlit.create_model("mlit_s", shared="w_v", moe_impl="triton")
+    x, gates, weights = arrangement_inputs("w_v")
+    with pytest.raises(ValueError, match="moe_impl=triton does not support shared=w_v"):
+        expert_mixture(x, gates, *weights, shared="w_v", impl="triton")
+    from mlit.dispatch import resolve_impl
+
+    meta = torch.empty(1, device="meta")
+    assert resolve_impl("auto", meta, "w_v") == "torch"

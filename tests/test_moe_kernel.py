@@ -33,9 +33,15 @@ def routed_inputs(N, d, h, E, k=2, avoid=None, seed=0):
     return [t.to(DEVICE) for t in (x, gates, *weights)]
 
 
-def output_and_grads(impl, inputs):
+def as_w_w2(inputs):
+    """The same tensors as an input of shared=w_w2: the experts own V, share W and W2."""
+    x, gates, w, b, v, c, w2, b2 = inputs
+    return [x, gates, v, c, w, b, w2, b2]
+
+
+def output_and_grads(impl, inputs, shared="v_w2"):
     leaves = [t.clone().requires_grad_() for t in inputs]
-    y = expert_mixture(*leaves, impl=impl)
+    y = expert_mixture(*leaves, shared=shared, impl=impl)
     upstream = torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)
     (y * upstream).sum().backward()
     grads = [l.grad for l in leaves]
@@ -61,6 +67,18 @@ def test_triton_matches_reference_output_and_every_gradient(shape):
         torch.testing.assert_close(b, a, atol=2e-4, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("shape", [SHAPES["odd_widths"], SHAPES["mlit_xxs_last_layer"]],
+                         ids=["odd_widths", "mlit_xxs_last_layer"])
+def test_triton_serves_the_w_w2_arrangement(shape):
+    """Table 9's second arrangement: the swish moves to the shared projection (SWISH_SHARED),
+    the experts own V; output and every gradient as the reference."""
+    inputs = as_w_w2(routed_inputs(*shape))
+    ref = output_and_grads("torch", inputs, "w_w2")
+    got = output_and_grads("triton", inputs, "w_w2")
+    for name, a, b in zip(NAMES, ref, got):
+        torch.testing.assert_close(b, a, atol=2e-4, rtol=1e-4, msg=name)
+
+
 def test_tokens_routed_to_no_expert_of_a_tile():
     """The first 64-token tile never picks expert 1 (the kernel skips it there), the second
     tile does; and expert 3 is chosen by nobody at all."""
@@ -81,17 +99,19 @@ def test_custom_op_registration_passes_opcheck():
     from mlit.kernels.moe import moe_hidden
 
     x, gates, w, b, v, c, *_ = routed_inputs(20, 16, 8, 3)
-    args = (x.requires_grad_(), gates, w.requires_grad_(), b, v, c)
-    torch.library.opcheck(moe_hidden, args,
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor"))
+    for swish_shared in (False, True):
+        args = (x.requires_grad_(), gates, w.requires_grad_(), b, v, c, swish_shared)
+        torch.library.opcheck(moe_hidden, args,
+                              test_utils=("test_schema", "test_autograd_registration",
+                                          "test_faketensor"))
 
 
-def test_model_with_triton_dispatch_equals_torch_dispatch():
+@pytest.mark.parametrize("shared", ["v_w2", "w_w2"])
+def test_model_with_triton_dispatch_equals_torch_dispatch(shared):
     torch.manual_seed(0)
-    ref = mlit.create_model("mlit_micro", num_classes=10, moe_impl="torch",
+    ref = mlit.create_model("mlit_micro", num_classes=10, moe_impl="torch", shared=shared,
                             expert_dropout=0.0).to(DEVICE).eval()
-    tri = mlit.create_model("mlit_micro", num_classes=10, moe_impl="triton",
+    tri = mlit.create_model("mlit_micro", num_classes=10, moe_impl="triton", shared=shared,
                             expert_dropout=0.0).to(DEVICE).eval()
     tri.load_state_dict(ref.state_dict())
     imgs = torch.randn(4, 3, 12, 12, device=DEVICE)
@@ -108,7 +128,7 @@ def test_shape_mismatch_is_a_clear_error():
 
     x, gates, w, b, v, c, *_ = routed_inputs(8, 16, 8, 3)
     with pytest.raises(ValueError, match="do not fit together"):
-        moe_hidden(x, gates[:, :2], w, b, v, c)
+        moe_hidden(x, gates[:, :2], w, b, v, c, False)
 
 
 def test_model_with_triton_dispatch_compiles_as_one_graph():
@@ -150,13 +170,14 @@ def test_kernels_compile_for_ampere_and_hopper_without_spills():
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     tool = Path(__file__).parents[1] / "tools" / "kernel_report.py"
-    done = subprocess.run([sys.executable, str(tool), "--json"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(tool), "--json", "--shared", "v_w2,w_w2"],
+                          env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    rows = {(r["arch"], r["dtype"], r["kernel"]): r for r in json.loads(done.stdout)}
-    assert len(rows) == 2 * 3 * 2
-    for (arch, dtype, kernel), r in rows.items():
+    rows = {(r["shared"], r["arch"], r["dtype"], r["kernel"]): r
+            for r in json.loads(done.stdout)}
+    assert len(rows) == 2 * 2 * 3 * 2
+    for (shared, arch, dtype, kernel), r in rows.items():
         assert r["registers"] > 0
         if dtype != "fp32":  # fp32 is exact (ieee) FMA math, not a training dtype on CUDA
             assert r["tensor_core"] == {"sm_80": "mma", "sm_90": "wgmma"}[arch], (arch, kernel)
-            assert r["spill_bytes"] == 0, (arch, dtype, kernel, r)
+            assert r["spill_bytes"] == 0, (shared, arch, dtype, kernel, r)

@@ -140,3 +140,18 @@ def test_compiled_training_saves_plain_checkpoints(tmp_path):
     import mlit
 
     mlit.create_model("mlit_micro", num_classes=10).load_state_dict(state)
+
+
+@pytest.mark.parametrize("shared", ["v_w2", "w_w2", "w_v"])
+def test_the_quickstart_trains_every_sharing_arrangement(tmp_path, shared):
+    """Table 9's arrangements through the user's command: MAE, then fine-tuning."""
+    assert main(["recipes/quickstart.yaml", f"train.out={tmp_path}", f"model.shared={shared}",
+                 "pretrain.epochs=2", "finetune.epochs=2", "train.progress=false",
+                 "train.threads=2"]) == 0
+    state = ckpt.load(tmp_path / "finetune" / "checkpoint.pt")
+    assert state["model_config"]["shared"] == shared
+    own = state["model"]["encoder.layers.2.moe.experts.expert_weight"]  # 5 experts, h = 32
+    assert own.shape == ((5, 32, 64) if shared == "w_v" else (5, 64, 32))  # (E, in, out)
+    curve = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    pre = [r["train_loss"] for r in curve if r["stage"] == "pretrain"]
+    assert pre[-1] < pre[0]

@@ -65,6 +65,18 @@ def test_default_zoo_plan_is_the_papers_grid():
     assert (ft.augment.cutmix, ft.augment.mixup, ft.augment.random_erasing) == (1.0, 0.8, 0.25)
     assert finetunes[0].recipe.model_settings().drop_path == 0.1
     assert {r.recipe.finetune.lr for r in finetunes} == {3e-3, 1e-3, 1e-4}
+    # the zoo paper's A.1: fine-tunes crop as well, and rotate and flip
+    aug = ft.augment
+    assert aug.random_resized_crop and aug.hflip and aug.rotation == 15
+    # its supervised ViTs: Table 5's regularisation, Table 4's optimizer
+    sup = next(r.recipe for r in backbones if r.factors["pretraining"] == "supervised")
+    stage = sup.supervised
+    assert (stage.augment.mixup, stage.augment.cutmix, stage.augment.random_erasing,
+            stage.label_smoothing, sup.model_settings().drop_path) == (0.8, 1.0, 0.25, 0.1, 0.1)
+    assert (stage.optimizer, stage.lr, stage.weight_decay) == ("adamw", 1e-3, 1e-4)
+    assert not stage.augment.hflip and stage.augment.random_resized_crop
+    mae = next(r.recipe for r in backbones if r.factors["pretraining"] == "mae")
+    assert mae.model_settings().drop_path == 0.0
 
 
 def test_plan_json_lists_every_run_with_its_factors(tmp_path, capsys):

@@ -3,6 +3,7 @@ bytes, shared memory and the matrix instruction, per target, dtype and kernel.
 
     python tools/kernel_report.py                 # sm_80 (A100) and sm_90 (H100), all dtypes
     python tools/kernel_report.py --archs 90 --json
+    python tools/kernel_report.py --shared v_w2,w_w2   # both arrangements the kernel serves
 
 Runs Triton's compiler and ptxas ahead of time (kernels/aot.py, imported as mlit.kernels.aot). Spills and missing
 tensor-core instructions are what this can show; speed needs a GPU (tools/bench_moe.py).
@@ -28,14 +29,15 @@ from mlit.kernels.moe import launch_options  # noqa: E402
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def report(archs: list[int], dtypes: list[str]) -> list[dict]:
+def report(archs: list[int], dtypes: list[str], arrangements: list[str]) -> list[dict]:
     rows = []
-    for arch in archs:
-        for dtype in dtypes:
-            for name, kernel in KERNELS.items():
-                used = resources(compile_kernel(kernel, DTYPES[dtype], arch))
-                rows.append({"arch": f"sm_{arch}", "dtype": dtype, "kernel": name,
-                             **dataclasses.asdict(used)})
+    for shared in arrangements:
+        for arch in archs:
+            for dtype in dtypes:
+                for name, kernel in KERNELS.items():
+                    used = resources(compile_kernel(kernel, DTYPES[dtype], arch, shared))
+                    rows.append({"shared": shared, "arch": f"sm_{arch}", "dtype": dtype,
+                                 "kernel": name, **dataclasses.asdict(used)})
     return rows
 
 
@@ -43,9 +45,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="80,90", help="comma list of compute capabilities")
     parser.add_argument("--dtypes", default="bf16,fp16,fp32")
+    parser.add_argument("--shared", default="v_w2", help="comma list of v_w2, w_w2")
     parser.add_argument("--json", action="store_true", help="one JSON list on stdout")
     args = parser.parse_args(argv)
-    rows = report([int(a) for a in args.archs.split(",")], args.dtypes.split(","))
+    rows = report([int(a) for a in args.archs.split(",")], args.dtypes.split(","),
+                  args.shared.split(","))
     if args.json:
         print(json.dumps(rows))
         return
@@ -53,11 +57,12 @@ def main(argv=None) -> None:
     print(f"triton {triton.__version__}; tiles BLOCK_N={options['BLOCK_N']} "
           f"BLOCK_H={options['BLOCK_H']} BLOCK_D={options['BLOCK_D']}, "
           f"{options['num_warps']} warps")
-    print(f"{'arch':<6} {'dtype':<5} {'kernel':<9} {'regs':>5} {'spill B':>8} "
-          f"{'shared B':>9} matrix")
+    print(f"{'shared':<6} {'arch':<6} {'dtype':<5} {'kernel':<9} {'regs':>5} {'spill B':>8} "
+          f"{'smem B':>7} matrix")
     for r in rows:
-        print(f"{r['arch']:<6} {r['dtype']:<5} {r['kernel']:<9} {r['registers']:>5} "
-              f"{r['spill_bytes']:>8} {r['shared_bytes']:>9} {r['tensor_core'] or 'FMA'}")
+        print(f"{r['shared']:<6} {r['arch']:<6} {r['dtype']:<5} {r['kernel']:<9} "
+              f"{r['registers']:>5} {r['spill_bytes']:>8} {r['shared_bytes']:>7} "
+              f"{r['tensor_core'] or 'FMA'}")
 
 
 if __name__ == "__main__":

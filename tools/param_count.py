@@ -4,6 +4,7 @@ with the forward FLOPs per image and the parameters active per token.
     python tools/param_count.py          # a table
     python tools/param_count.py --json   # {"mlit_s": {"encoder": N, "classifier": N,
                                          #   "decoder": N, "flops": F, "active_params": A}, ...}
+    python tools/param_count.py --shared v_w2,w_w2,w_v   # Table 9's arrangements side by side
 
 classifier = encoder + a 100-class linear head; decoder = the MAE decoder alone; flops = the
 classifier's forward FLOPs for one 36x36 image, counted by torch.utils.flop_counter (a
@@ -42,8 +43,15 @@ def count(name: str, **overrides) -> dict[str, int]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--shared", default="v_w2",
+                        help="which projections the experts share: v_w2 (the paper's), w_w2, "
+                             "w_v, or a comma list")
     args = parser.parse_args(argv)
-    counts = {name: count(name) for name in PAPER}
+    arrangements = args.shared.split(",")
+    if len(arrangements) > 1:
+        table9(arrangements, args.json)
+        return
+    counts = {name: count(name, shared=arrangements[0]) for name in PAPER}
     if args.json:
         print(json.dumps(counts))
         return
@@ -55,6 +63,22 @@ def main(argv=None) -> None:
     print(f"\n{'model':<9} {'forward MFLOPs/image':>21} {'active params/token':>20}")
     for name, parts in counts.items():
         print(f"{name:<9} {parts['flops'] / 1e6:>21.1f} {parts['active_params']:>20,}")
+
+
+def table9(arrangements: list[str], as_json: bool) -> None:
+    """Counts per sharing arrangement: {arrangement: {model: counts}}."""
+    counts = {shared: {name: count(name, shared=shared) for name in PAPER}
+              for shared in arrangements}
+    if as_json:
+        print(json.dumps(counts))
+        return
+    print(f"{'model':<9} {'shared':<7} {'encoder':>10} {'classifier':>11} {'decoder':>8} "
+          f"{'active/token':>13} {'MFLOPs/image':>13}")
+    for name in PAPER:
+        for shared in arrangements:
+            c = counts[shared][name]
+            print(f"{name:<9} {shared:<7} {c['encoder']:>10,} {c['classifier']:>11,} "
+                  f"{c['decoder']:>8,} {c['active_params']:>13,} {c['flops'] / 1e6:>13.1f}")
 
 
 if __name__ == "__main__":

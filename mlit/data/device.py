@@ -8,6 +8,13 @@ At these model sizes a GPU starves on a per-image Python pipeline (airbench's le
 - random erasing is a vectorised mask with torchvision's rules;
 - AutoAugment, colour jitter and grayscale (torchvision v2 ops on uint8) draw their random
   operation per group of `group_size` images: per-sample variety without per-sample Python.
+
+Datasets of large images of many sizes (Flowers102, 500 px on the shorter side) keep their
+training split as a list of the decoded images at full resolution: random crops are drawn
+in each image's own frame and resized with torchvision's own antialiased resize, as the CPU
+pipeline does, so a crop of a fifth of a flower has the detail it has there, not that of a
+36 px thumbnail (a smaller stored copy would filter the detail twice; tests/
+test_device_data.py measures it). Flowers102's 1,020 training images take about 1 GB.
 """
 
 from __future__ import annotations
@@ -23,6 +30,40 @@ from mlit.config import Augment
 from mlit.data.transforms import POLICIES, color_jitter
 
 
+def decode(dataset, transform) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every image of a PIL dataset through `transform` (to uint8 tensors), and the labels;
+    a file that does not decode is a DatasetInvalid naming it."""
+    from mlit.data.datasets import DatasetInvalid
+
+    saved, dataset.transform = dataset.transform, transform
+    images, labels = [], []
+    try:
+        for i in range(len(dataset)):
+            try:
+                image, label = dataset[i]
+            except Exception as err:
+                files = getattr(dataset, "_image_files", None)
+                where = files[i] if files is not None else f"image {i}"
+                raise DatasetInvalid(f"{where}: cannot be decoded ({err})") from None
+            images.append(image)
+            labels.append(label)
+    finally:
+        dataset.transform = saved
+    return images, torch.tensor(labels)
+
+
+def dataset_to_ragged(dataset) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(images, each (C, H_i, W_i) uint8 at its own full resolution, labels)."""
+    return decode(dataset, v2.PILToTensor())
+
+
+def has_arrays(dataset) -> bool:
+    """Datasets held as one array of equal-size images (CIFAR, SVHN, digits)."""
+    data = getattr(dataset, "data", None)
+    return (isinstance(data, np.ndarray) and data.ndim == 4) or (
+        hasattr(dataset, "images") and getattr(dataset, "images").ndim == 3)
+
+
 def dataset_to_uint8(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, C, H, W) uint8, labels (N,)) from a loaded dataset, without transforms."""
     data = getattr(dataset, "data", None)
@@ -36,14 +77,11 @@ def dataset_to_uint8(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(dataset, "images") and getattr(dataset, "images").ndim == 3:  # digits
         images = torch.from_numpy(dataset.images).unsqueeze(1).expand(-1, 3, -1, -1)
         return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.long)
-    # anything else (Flowers102): decode once, resized to the model's input size
-    to_tensor = v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor()])
-    saved, dataset.transform = dataset.transform, to_tensor
-    try:
-        pairs = [dataset[i] for i in range(len(dataset))]
-    finally:
-        dataset.transform = saved
-    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+    # anything else (Flowers102): decode once, resized to the model's input size, as the
+    # evaluation transform does (a training split keeps more: dataset_to_ragged)
+    images, labels = decode(dataset, v2.Compose([v2.Resize((size, size), antialias=True),
+                                                 v2.PILToTensor()]))
+    return torch.stack(images), labels
 
 
 def box_attempts(u: torch.Tensor, area: int, scale, ratio):
@@ -127,6 +165,24 @@ def geometric(images: torch.Tensor, size: int, aug: Augment | None, generator) -
     return out
 
 
+def crop_resize_each(images: list[torch.Tensor], size: int, aug: Augment | None,
+                     generator) -> torch.Tensor:
+    """Images of different sizes to (n, C, size, size) float pixels 0-255: a random resized
+    crop drawn in each image's own frame (torchvision's rules), or the whole image, resized
+    by torchvision's antialiased resize of uint8 images (the CPU pipeline's)."""
+    out = []
+    for image in images:
+        _, H, W = image.shape
+        if aug is not None and aug.random_resized_crop:
+            top, left, h, w = (int(t) for t in sample_boxes(
+                1, H, W, aug.crop_scale, (3 / 4, 4 / 3), generator, image.device))
+        else:
+            top, left, h, w = 0, 0, H, W
+        out.append(v2.functional.resized_crop(image, top, left, h, w, [size, size],
+                                              antialias=True))
+    return torch.stack(out).float()
+
+
 def per_group(images: torch.Tensor, op, group_size: int) -> torch.Tensor:
     """Apply a random torchvision op with a fresh draw for every group of images."""
     return torch.cat([op(chunk) for chunk in images.split(group_size)])
@@ -150,12 +206,14 @@ def random_erasing(x: torch.Tensor, p: float, generator, scale=(0.02, 0.33),
 
 
 class DeviceLoader:
-    """Batches of (normalised images, labels) from device-resident uint8 data.
+    """Batches of (normalised images, labels) from device-resident uint8 data: one
+    (N, C, H, W) tensor, or a list of (C, H_i, W_i) images of different sizes.
 
     Same interface as the DataLoader the runner uses: len(), iteration, and a `generator`
     that the runner reseeds every epoch (order and augmentation follow from it)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+    def __init__(self, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor,
+                 batch_size: int,
                  image_size: int, mean, std, augment: Augment | None = None,
                  shuffle: bool = True, drop_last: bool = True, two_views: bool = False,
                  group_size: int = 16):
@@ -163,7 +221,7 @@ class DeviceLoader:
         self.batch_size, self.image_size = batch_size, image_size
         self.augment, self.shuffle, self.drop_last = augment, shuffle, drop_last
         self.two_views, self.group_size = two_views, group_size
-        device = images.device
+        device = labels.device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.generator = torch.Generator(device=device)
@@ -172,8 +230,12 @@ class DeviceLoader:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def transform(self, batch: torch.Tensor) -> torch.Tensor:
+    def transform(self, batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         aug = self.augment
+        if isinstance(batch, list):  # images of many sizes: crop each, then the rest
+            batch = crop_resize_each(batch, self.image_size, aug, self.generator)
+            if aug is not None:
+                aug = aug.model_copy(update={"random_resized_crop": False})
         x = geometric(batch, self.image_size, aug, self.generator)
         if aug is not None and (aug.color_jitter or aug.grayscale or aug.auto_augment):
             x = x.round_().clamp_(0, 255).to(torch.uint8)
@@ -192,12 +254,16 @@ class DeviceLoader:
         return x
 
     def __iter__(self):
-        n = len(self.images)
-        order = (torch.randperm(n, generator=self.generator, device=self.images.device)
-                 if self.shuffle else torch.arange(n, device=self.images.device))
+        n, device = len(self.images), self.labels.device
+        order = (torch.randperm(n, generator=self.generator, device=device)
+                 if self.shuffle else torch.arange(n, device=device))
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            batch, labels = self.images[idx], self.labels[idx]
+            if isinstance(self.images, list):
+                batch = [self.images[i] for i in idx.tolist()]
+            else:
+                batch = self.images[idx]
+            labels = self.labels[idx]
             if self.two_views:
                 yield (self.transform(batch), self.transform(batch)), labels
             else:

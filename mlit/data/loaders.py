@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from mlit.config import Augment, Data
 from mlit.data.datasets import INFO, build_dataset
-from mlit.data.device import DeviceLoader, dataset_to_uint8
+from mlit.data.device import DeviceLoader, dataset_to_ragged, dataset_to_uint8, has_arrays
 from mlit.data.transforms import TwoViews, eval_transform, train_transform
 
 
@@ -31,8 +31,14 @@ def use_device_pipeline(data: Data, device: torch.device) -> bool:
 @functools.lru_cache(maxsize=8)
 def device_split(name: str, root: str, train: bool, size: int, download: bool,
                  device: torch.device):
-    """A split decoded once per process (the zoo trains many runs on the same data)."""
-    images, labels = dataset_to_uint8(build_dataset(name, root, train, None, download), size)
+    """A split decoded once per process (the zoo trains many runs on the same data): one
+    uint8 tensor, or for a training split of large images of many sizes (Flowers102) a list
+    of the images at full resolution, so random crops keep their detail."""
+    dataset = build_dataset(name, root, train, None, download)
+    if train and not has_arrays(dataset):
+        images, labels = dataset_to_ragged(dataset)
+        return [image.to(device) for image in images], labels.to(device)
+    images, labels = dataset_to_uint8(dataset, size)
     return images.to(device), labels.to(device)
 
 

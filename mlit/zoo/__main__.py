@@ -3,7 +3,7 @@
     python -m mlit.zoo plan recipes/zoo.yaml [--json]
     python -m mlit.zoo run recipes/zoo.yaml [--zoo-dir DIR] [--shard i/n] [--launcher ray]
     python -m mlit.zoo status DIR [--json]
-    python -m mlit.zoo analyze DIR [--out DIR/analysis] [--window 5]
+    python -m mlit.zoo analyze DIR [--out DIR/analysis] [--window 5] [--min-acc 0.65]
 
 `run` trains what is missing, skips what is complete and resumes what was interrupted.
 On Slurm: one array over `--phase pretraining --shard $SLURM_ARRAY_TASK_ID/N`, then one that
@@ -45,6 +45,11 @@ def parse(argv):
     a.add_argument("--out", help="default ZOO_DIR/analysis")
     a.add_argument("--window", type=int, default=5, help="epochs to average")
     a.add_argument("--mother-lambda", type=float, default=0.3)
+    a.add_argument("--mother-children", type=int, default=12,
+                   help="descendants per backbone in each MoTHeR experiment (the paper's 12)")
+    a.add_argument("--min-acc", type=float, default=None,
+                   help="keep fine-tunes whose final test accuracy (a fraction) reaches this, "
+                        "as the paper's refined zoo (Table 2); default: all")
     a.add_argument("--longitudinal-models", type=int, default=None,
                    help="limit Figure 3 to the first N fine-tunes (it evaluates every epoch)")
     a.add_argument("--device", default="auto")
@@ -65,7 +70,8 @@ def main(argv=None) -> int:
             from mlit.zoo.report import write_report
 
             result = ZooAnalysis(args.zoo_dir, args.device, args.batch_size, args.window,
-                                 args.mother_lambda, args.longitudinal_models).run()
+                                 args.mother_lambda, args.longitudinal_models, args.min_acc,
+                                 args.mother_children).run()
             report = write_report(result, args.out or Path(args.zoo_dir) / "analysis")
             print(f"wrote {report} and {report.with_name('analysis.json')}")
             return 0

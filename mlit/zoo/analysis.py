@@ -6,9 +6,15 @@ Appendix B; docs/zoo.md).
                    cluster (backbone to its fine-tunes) and between-cluster L2 distances
         table2     fine-tunes per generating factor and overall: accuracy, generalisation gap,
                    pairwise agreement, skewness, kurtosis, L2 norm, L2 distance to the ancestor
+        table6     fine-tunes per pre-training x optimizer x head x lr jointly: min, max,
+                   mean and std of accuracy, generalisation gap, agreement
         epoch_averaging, longitudinal   uniform averages over the last `window` epochs
         soups, greedy_soups             averages across fine-tunes
-        mother                          lineage recovery experiments
+        mother                          lineage recovery experiments (the paper's Table 3)
+
+`min_acc` refines the zoo as the paper's Table 2 does: every analysis of fine-tunes keeps
+those whose final test accuracy reaches it (backbones are all kept: MAE and SimCLR backbones
+have no accuracy).
 
 Accuracies of zoo checkpoints come from their result.json (the runner's evaluation); averaged
 and souped models are evaluated with the same code (mlit.engine.evaluate) on the test split.
@@ -36,7 +42,9 @@ from mlit.train import select_device
 from mlit.zoo import layout, mother, stats
 
 FACTORS = ("pretraining", "head", "optimizer", "lr")  # Table 2's rows
+JOINT = ("pretraining", "optimizer", "head", "lr")  # Table 6's rows, all factors at once
 SOUP_FACTORS = ("head_seed", "lr", "optimizer", "pretraining_seed", "head")
+# the paper's Table 3: children that differ from each other in one of these
 MOTHER_EXPERIMENTS = ("epochs", "head_seed", "lr", "head", "optimizer")
 
 
@@ -85,9 +93,11 @@ class ZooModel:
 class ZooAnalysis:
     def __init__(self, zoo_dir: str | Path, device: str = "auto", batch_size: int = 512,
                  window: int = 5, mother_lambda: float = 0.3,
-                 longitudinal_models: int | None = None):
+                 longitudinal_models: int | None = None, min_acc: float | None = None,
+                 mother_children: int = 12):
         self.zoo_dir = Path(zoo_dir)
         self.window, self.mother_lambda = window, mother_lambda
+        self.mother_children = mother_children
         self.longitudinal_models = longitudinal_models
         self.skipped: list[str] = []
         self.models: dict[str, ZooModel] = {}
@@ -100,9 +110,19 @@ class ZooAnalysis:
             self.models[path] = ZooModel(path, model_dir, cfg, layout.read_results(model_dir),
                                          layout.epochs_saved(model_dir))
         self.backbones = [m for m in self.models.values() if m.backbone is None]
-        self.finetunes = [m for m in self.models.values() if m.backbone in self.models]
-        if not self.finetunes:
+        finished = [m for m in self.models.values() if m.backbone in self.models]
+        if not finished:
             raise ValueError(f"{self.zoo_dir}: no finished fine-tunes to analyse")
+        self.finetunes = finished
+        self.refined = None
+        if min_acc is not None:
+            self.finetunes = [m for m in finished if m.last["test_acc"] >= min_acc]
+            self.refined = {"min_acc": min_acc, "kept": len(self.finetunes),
+                            "finished": len(finished)}
+            if not self.finetunes:
+                best = max(m.last["test_acc"] for m in finished)
+                raise ValueError(f"--min-acc {min_acc}: no fine-tune reaches it (the best "
+                                 f"final test accuracy is {best:.4f})")
         self.precision = select_precision(select_device(device), "fp32")
         self.batch_size = batch_size
         self._loader = None
@@ -191,6 +211,25 @@ class ZooAnalysis:
         rows["all"] = self.finetune_row(self.finetunes)
         return rows
 
+    def table6(self) -> list[dict]:
+        """The paper's Table 6: accuracy broken down by every factor jointly (head seeds and
+        the backbones of one variant pooled), with its spread, gap and agreement."""
+        groups: dict[tuple, list[ZooModel]] = {}
+        for m in self.finetunes:
+            groups.setdefault(tuple(m.factors[f] for f in JOINT), []).append(m)
+        rows = []
+        for key in sorted(groups, key=lambda k: tuple(str(v) for v in k)):
+            group = groups[key]
+            accs = [m.last["test_acc"] for m in group]
+            rows.append({**dict(zip(JOINT, key)), "models": len(group), "min": min(accs),
+                         "max": max(accs), "accuracy": mean_std(accs),
+                         "generalisation_gap": mean_std(m.last["train_acc"] - m.last["test_acc"]
+                                                        for m in group),
+                         "agreement": mean_std(
+                             stats.agreement(self.predictions(a), self.predictions(b))
+                             for a, b in itertools.combinations(group, 2))})
+        return rows
+
     # -- averaging ---------------------------------------------------------------------------
     def trained_epochs(self, model: ZooModel) -> list[int]:
         return [e for e in model.epochs if e > 0]
@@ -266,34 +305,44 @@ class ZooAnalysis:
         return rows
 
     # -- lineage ------------------------------------------------------------------------------
+    def variants(self, backbone: ZooModel, experiment: str) -> list[ZooModel]:
+        """The backbone's fine-tunes that differ from its first one only in `experiment`'s
+        factor (the first one alone for the epochs experiment)."""
+        kids = self.children(backbone)
+        if not kids or experiment == "epochs":
+            return kids[:1]
+        ref = kids[0]
+        return [m for m in kids if all(m.factors[f] == ref.factors[f]
+                                       for f in m.factors if f != experiment)]
+
     def lineage_population(self, experiment: str):
-        """(labels, states, true parent index) for one MoTHeR experiment: every backbone with
-        children that are a fine-tune's epochs (a chain) or fine-tunes differing only in one
-        factor from the backbone's first fine-tune (a star)."""
+        """(labels, states, true parent index, children per backbone) for one MoTHeR
+        experiment, as the paper's Appendix B builds it: every backbone gets the same number
+        of descendants, `mother_children` (12) where the zoo has them; a factor with fewer
+        values is padded with epoch checkpoints, each variant a chain of evenly spaced epochs
+        ending at its last (so the epochs experiment is one such chain)."""
+        groups = [(b, v) for b in self.backbones if (v := self.variants(b, experiment))]
+        if not groups:
+            return [], [], [], 0
+        children = min([self.mother_children] + [
+            len(v) * min(len(self.trained_epochs(m)) for m in v) for _, v in groups])
         labels, states, parents = [], [], []
-        for b in self.backbones:
-            kids = self.children(b)
-            if not kids:
-                continue
+        for b, variants in groups:
             root = len(labels)
             labels.append(b.path)
             states.append(b.state())
             parents.append(None)
-            ref = kids[0]
-            if experiment == "epochs":
+            for i, m in enumerate(variants):
+                n = children // len(variants) + (i < children % len(variants))
+                trained = self.trained_epochs(m)
                 prev = root
-                for e in self.trained_epochs(ref):
-                    labels.append(f"{ref.path}@{e}")
-                    states.append(ref.state(e))
+                for j in range(n):
+                    epoch = trained[round((j + 1) * len(trained) / n) - 1]
+                    labels.append(f"{m.path}@{epoch}")
+                    states.append(m.state(epoch))
                     parents.append(prev)
                     prev = len(labels) - 1
-                continue
-            for m in kids:
-                if all(m.factors[f] == ref.factors[f] for f in m.factors if f != experiment):
-                    labels.append(m.path)
-                    states.append(m.state())
-                    parents.append(root)
-        return labels, states, parents
+        return labels, states, parents, children
 
     def mother(self) -> dict:
         rows = {}
@@ -301,22 +350,23 @@ class ZooAnalysis:
             if experiment != "epochs" and len({m.factors[experiment]
                                                for m in self.finetunes}) < 2:
                 continue  # the zoo does not vary this factor
-            labels, states, truth = self.lineage_population(experiment)
+            labels, states, truth, children = self.lineage_population(experiment)
             roots = sum(p is None for p in truth)
-            if len(labels) - roots < 1:
+            if children < 1:
                 continue
             vectors = np.stack([stats.weight_vector(s).float().numpy() for s in states])
             kurt = np.array([stats.kurtosis(torch.from_numpy(v)) for v in vectors])
             predicted = mother.recover_lineage(vectors, kurt, roots, self.mother_lambda)
-            rows[experiment] = {"models": len(labels), "trees": roots,
+            rows[experiment] = {"models": len(labels), "trees": roots, "children": children,
                                 **mother.lineage_scores(predicted, truth)}
         return rows
 
     def run(self) -> dict:
         return {"zoo": str(self.zoo_dir), "backbones": len(self.backbones),
                 "finetunes": len(self.finetunes), "skipped_unfinished": self.skipped,
-                "window": self.window, "mother_lambda": self.mother_lambda,
-                "table1": self.table1(), "table2": self.table2(),
+                "refined": self.refined, "window": self.window,
+                "mother_lambda": self.mother_lambda, "mother_children": self.mother_children,
+                "table1": self.table1(), "table2": self.table2(), "table6": self.table6(),
                 "epoch_averaging": self.epoch_averaging(), "longitudinal": self.longitudinal(),
                 "soups": self.soups(), "greedy_soups": self.greedy_soups(),
                 "mother": self.mother()}

@@ -15,8 +15,11 @@ from mlit.config import Data, Recipe, Stage, Strict, Train, build_recipe, read_t
 STAGE_OF = {"mae": "pretrain", "supervised": "supervised", "simclr": "simclr"}
 
 
+Variant = Literal["mae", "supervised", "simclr"]  # the pre-training variants, lambda_P
+
+
 class Backbone(Strict):
-    kind: Literal["mae", "supervised", "simclr"]
+    kind: Variant
     seeds: list[int] = Field(min_length=1)
 
 
@@ -31,12 +34,15 @@ class Grid(Strict):
 class ZooRecipe(Strict):
     name: str
     model: dict = Field(default_factory=lambda: {"name": "mlit_xxs"})
-    finetune_model: dict = Field(default_factory=dict)  # model overrides for fine-tunes
+    # model overrides per pre-training variant (the supervised ViTs' stochastic depth) and
+    # for the fine-tunes
+    pretraining_model: dict[Variant, dict] = Field(default_factory=dict)
+    finetune_model: dict = Field(default_factory=dict)
     pretrain_data: Data
     finetune_data: Data
     train: Train = Train()
     backbones: list[Backbone] = Field(min_length=1)
-    pretraining: dict[Literal["mae", "supervised", "simclr"], Stage]
+    pretraining: dict[Variant, Stage]
     finetune: Stage
     grid: Grid
 
@@ -52,7 +58,7 @@ class ZooRecipe(Strict):
         stage.update(eval_at_start=True, epoch_checkpoints=True, checkpoint_every=1,
                      eval_train=kind == "supervised")
         return build_recipe({
-            "name": name, "model": self.model,
+            "name": name, "model": {**self.model, **self.pretraining_model.get(kind, {})},
             "data": self.pretrain_data.model_dump(),
             "train": {**self.train.model_dump(), "seed": seed}, STAGE_OF[kind]: stage})
 

@@ -80,18 +80,24 @@ def markdown(result: dict, images: list[str]) -> str:
            fmt(r["agreement"], 100), fmt(r["skewness"], 1, 3), fmt(r["kurtosis"]),
            fmt(r["l2_norm"], 1, 1), fmt(r["l2_to_ancestor"], 1, 1)]
           for k, r in result["table2"].items()]
-    mother = [[k, str(r["models"]), str(r["trees"]), f"{r['accuracy']:.4f}", f"{r['f1']:.4f}"]
-              for k, r in result["mother"].items()]
+    t6 = [[r["pretraining"], r["optimizer"], r["head"], f"{r['lr']:g}", str(r["models"]),
+           f"{100 * r['min']:.2f}", f"{100 * r['max']:.2f}", fmt(r["accuracy"], 100),
+           fmt(r["generalisation_gap"], 100), fmt(r["agreement"], 100)]
+          for r in result["table6"]]
     greedy = [[r["backbone"], r["head"], f"{len(r['ingredients'])}/{r['candidates']}",
                f"{100 * r['soup_acc']:.2f}", f"{100 * r['best_individual_acc']:.2f}"]
               for r in result["greedy_soups"]]
     avg = result["epoch_averaging"]
     gains = [r["gain"] for r in avg]
+    refined = result["refined"]
     parts = [
         f"# Zoo analysis: {result['zoo']}",
         f"{result['backbones']} backbones, {result['finetunes']} fine-tunes"
         + (f"; {len(result['skipped_unfinished'])} unfinished runs left out"
            if result["skipped_unfinished"] else "") + ".",
+        f"Refined zoo: the fine-tunes whose final test accuracy reaches {refined['min_acc']}: "
+        f"{refined['kept']} of {refined['finished']} kept; every table of fine-tunes uses "
+        "them (backbones are all kept)." if refined else "",
         "Weight statistics and L2 distances use every floating-point tensor of the encoder "
         "(`encoder.*`: patch and positional embeddings, attention, gates, experts, norms) as "
         "one vector; heads are left out. Skewness and excess kurtosis are the biased moment "
@@ -102,17 +108,46 @@ def markdown(result: dict, images: list[str]) -> str:
         "## Fine-tuned models by generating factor (Table 2)",
         table(["factor", "n", "accuracy", "gen. gap", "agreement", "skewness", "kurtosis",
                "L2 norm", "L2 to ancestor"], t2),
+        "## Every factor jointly (Table 6)",
+        "Head seeds and the backbones of a pre-training variant pooled; accuracies in %.",
+        table(["pre-training", "optimizer", "head", "lr", "n", "min", "max", "μ ± σ",
+               "gen. gap", "agreement"], t6),
         f"## Epoch averaging (last {result['window']} epochs)",
         f"Average gain over the best single epoch: {100 * sum(gains) / len(gains):+.2f} points;"
         f" better in {sum(g > 0 for g in gains)} of {len(gains)} models." if gains else "",
         "## Greedy soups",
         table(["backbone", "head", "ingredients", "soup acc", "best single"], greedy),
-        "## Lineage recovery (MoTHeR, λ = " + f"{result['mother_lambda']})",
-        table(["children vary by", "models", "trees", "accuracy", "F1"], mother),
+        "## Lineage recovery (MoTHeR, λ = " + f"{result['mother_lambda']}; Table 3)",
+        mother_text(result),
+        mother_table(result["mother"]),
         "## Figures",
         *[f"![{name}]({name})" for name in images],
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+EXPERIMENT_NAMES = {"epochs": "Epochs", "head_seed": "Seed", "lr": "LR", "head": "Cls. Head",
+                    "optimizer": "Optimizer"}
+
+
+def mother_table(rows: dict) -> str:
+    """Laid out as the paper's Table 3: one column per experiment."""
+    cols = list(EXPERIMENT_NAMES)
+    cell = lambda e, f: f(rows[e]) if e in rows else "-"  # noqa: E731
+    return table([""] + [EXPERIMENT_NAMES[e] for e in cols], [
+        ["Acc."] + [cell(e, lambda r: f"{r['accuracy']:.4f}") for e in cols],
+        ["F1"] + [cell(e, lambda r: f"{r['f1']:.4f}") for e in cols],
+        ["children per backbone"] + [cell(e, lambda r: str(r["children"])) for e in cols],
+        ["nodes / edges"] + [cell(e, lambda r: f"{r['models']} / {r['edges']}") for e in cols]])
+
+
+def mother_text(result: dict) -> str:
+    return (f"Every backbone gets the same number of descendants ({result['mother_children']} "
+            "as in the paper, or as many as the zoo has): the fine-tunes that differ from the "
+            "backbone's first one in the experiment's factor, each a chain of evenly spaced "
+            "epoch checkpoints, so a factor with fewer values is padded with epochs. Nodes "
+            "are the models given to MoTHeR (backbones included), edges the true "
+            "parent-child pairs; '-' where the zoo does not vary the factor.")
 
 
 def write_report(result: dict, out: str | Path) -> Path:
