@@ -182,14 +182,20 @@ class Recipe(Strict):
         return [(s, getattr(self, s)) for s in STAGE_ORDER if getattr(self, s) is not None]
 
     def model_settings(self, **extra) -> MLiTConfig:
-        spec = dict(self.model)
-        name = spec.pop("name", None)
-        if not isinstance(name, str):
-            raise RecipeError("model.name: required, e.g. mlit_s")
-        try:
-            return model_config(name, **{**spec, **extra})
-        except (ValueError, TypeError) as err:
-            raise RecipeError(f"model.{err}") from None
+        return model_settings(self.model, "model", **extra)
+
+
+def model_settings(model: dict, key: str = "model", **extra) -> MLiTConfig:
+    """A recipe's model section (a registry name and fields) as a validated MLiTConfig;
+    `key` names the section in errors."""
+    spec = dict(model)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        raise RecipeError(f"{key}.name: required, e.g. mlit_s")
+    try:
+        return model_config(name, **{**spec, **extra})
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{key}.{err}") from None
 
 
 # -- loading ------------------------------------------------------------------------------

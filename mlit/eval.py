@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mlit import modelfile
 from mlit.checkpoint import CheckpointError
@@ -37,7 +36,7 @@ from mlit.encoder import MLiT
 from mlit.engine import eval_batches, eval_parts, select_precision
 from mlit.files import write_json
 from mlit.moe import MoELayer
-from mlit.train import select_device
+from mlit.engine import select_device
 
 
 def settings(mf: modelfile.ModelFile, overrides: list[str]) -> tuple[Data, Train, int]:

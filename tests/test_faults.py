@@ -6,7 +6,6 @@ the run's files loadable and a resume that is bit-identical to an uninterrupted 
 import json
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -390,3 +389,28 @@ def test_a_download_without_network_says_where_to_put_the_files(tmp_path):
                                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz failed (")
     assert lines[0].endswith(f"without a network, put cifar-10-batches-py/ under "
                              f"{tmp_path}/data by hand")
+
+
+def test_damaged_svhn_and_flowers_files_are_named(tmp_path):
+    """The .mat datasets: a file that does not load, and labels out of range."""
+    import scipy.io
+
+    from mlit.data.datasets import DatasetInvalid, build_dataset
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "train_32x32.mat"
+    labels = rng.integers(1, 11, size=(20, 1))
+    labels[4] = 12  # SVHN's labels are 1..10 (10 is the digit 0)
+    scipy.io.savemat(path, {"X": rng.integers(0, 256, (32, 32, 3, 20), dtype=np.uint8),
+                            "y": labels})
+    with pytest.raises(DatasetInvalid, match=rf"^{path}: labels must be integers in 0\.\.9"):
+        build_dataset("svhn", str(tmp_path), True, None)
+    path.write_bytes(rng.bytes(500))
+    with pytest.raises(DatasetInvalid, match=f"^{path}: not a readable SVHN .mat file"):
+        build_dataset("svhn", str(tmp_path), True, None)
+    folder = tmp_path / "flowers-102"
+    (folder / "jpg").mkdir(parents=True)
+    for name in ("imagelabels.mat", "setid.mat"):
+        (folder / name).write_bytes(rng.bytes(300))
+    with pytest.raises(DatasetInvalid, match=f"^{folder}: the label files"):
+        build_dataset("flowers102", str(tmp_path), True, None)

@@ -150,7 +150,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
             "from mlit.zoo import plan, recipe, runner, layout\n"
             f"runs = plan.plan(recipe.load_zoo_recipe({str(recipe)!r}), {str(zoo_dir)!r})\n"
             f"run = next(r for r in runs if r.path == {target.path!r})\n"
-            "from mlit.train import StageRun\n"
+            "from mlit.stage import StageRun\n"
             "original = StageRun.save\n"
             "def save_then_die(self):\n"
             "    original(self)\n"

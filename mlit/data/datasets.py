@@ -59,10 +59,9 @@ def check_images(data: np.ndarray, shape: tuple, where) -> None:
         raise DatasetInvalid(f"{where}: images of shape {data.shape[1:]}, expected {shape}")
 
 
-class ValidatedCIFAR:
-    """torchvision's CIFAR loading, then checks; a failure is traced to the file causing it."""
-    label_key: str
-    num_classes: int
+class CheckedDataset:
+    """torchvision's loading, then `check()`; a load that fails for another reason than
+    missing files is a DatasetInvalid with `unreadable()`'s message."""
 
     def __init__(self, *args, **kwargs):
         try:
@@ -70,8 +69,26 @@ class ValidatedCIFAR:
         except Exception as err:
             if missing_files(err):
                 raise  # build_dataset says where to put them
-            self.diagnose()
-            raise DatasetInvalid(f"{self.folder}: the CIFAR files cannot be read") from None
+            raise DatasetInvalid(self.unreadable()) from None
+        self.check()
+
+    def unreadable(self) -> str:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+
+class ValidatedCIFAR(CheckedDataset):
+    """A failure is traced to the file causing it, by reading the files one by one."""
+    label_key: str
+    num_classes: int
+
+    def unreadable(self) -> str:
+        self.diagnose()  # raises, naming the file, if one of them is at fault
+        return f"{self.folder}: the CIFAR files cannot be read"
+
+    def check(self) -> None:
         try:
             check_images(self.data, (32, 32, 3), self.folder)
             check_labels(self.targets, len(self.data), self.num_classes, self.folder)
@@ -143,34 +160,27 @@ class CIFAR100(ValidatedCIFAR, tv.CIFAR100):
     label_key, num_classes = "fine_labels", 100
 
 
-class SVHN(tv.SVHN):
+class SVHN(CheckedDataset, tv.SVHN):
     split_list = {k: [url, name, None] for k, (url, name, _md5) in tv.SVHN.split_list.items()}
 
-    def __init__(self, *args, **kwargs):
-        try:
-            super().__init__(*args, **kwargs)
-        except Exception as err:
-            if missing_files(err):
-                raise
-            raise DatasetInvalid(f"{Path(self.root) / self.filename}: not a readable SVHN "
-                                 ".mat file") from None
+    def unreadable(self) -> str:
+        return f"{Path(self.root) / self.filename}: not a readable SVHN .mat file"
+
+    def check(self) -> None:
         where = Path(self.root) / self.filename
         check_images(self.data, (3, 32, 32), where)
         check_labels(self.labels, len(self.data), 10, where)
 
 
-class Flowers102(tv.Flowers102):
+class Flowers102(CheckedDataset, tv.Flowers102):
     _file_dict = {k: (name, md5 if k == "image" else None)
                   for k, (name, md5) in tv.Flowers102._file_dict.items()}
 
-    def __init__(self, *args, **kwargs):
-        try:
-            super().__init__(*args, **kwargs)
-        except Exception as err:
-            if missing_files(err):
-                raise
-            raise DatasetInvalid(f"{self._base_folder}: the label files (imagelabels.mat, "
-                                 "setid.mat) cannot be read") from None
+    def unreadable(self) -> str:
+        return (f"{self._base_folder}: the label files (imagelabels.mat, setid.mat) cannot "
+                "be read")
+
+    def check(self) -> None:
         check_labels(self._labels, len(self._image_files), 102, self._base_folder)
         missing = [p for p in self._image_files if not p.is_file()]
         if missing:
@@ -209,18 +219,19 @@ class DatasetInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     where: str  # what must be under data.root
+    train_size: int  # images in the training split (the shape sweep plans epochs with it)
 
 
 INFO = {
     "cifar100": DatasetInfo(100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                            "cifar-100-python/"),
+                            "cifar-100-python/", 50_000),
     "cifar10": DatasetInfo(10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                           "cifar-10-batches-py/"),
+                           "cifar-10-batches-py/", 50_000),
     "svhn": DatasetInfo(10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                        "train_32x32.mat and test_32x32.mat"),
+                        "train_32x32.mat and test_32x32.mat", 73_257),
     "flowers102": DatasetInfo(102, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                              "flowers-102/"),
-    "digits": DatasetInfo(10, (0.3053,) * 3, (0.3760,) * 3, "nothing (bundled)"),
+                              "flowers-102/", 1_020),
+    "digits": DatasetInfo(10, (0.3053,) * 3, (0.3760,) * 3, "nothing (bundled)", 1_437),
 }
 
 

@@ -38,7 +38,7 @@ from mlit.data.loaders import eval_loader
 from mlit.encoder import MLiT
 from mlit.engine import evaluate, predict, select_precision
 from mlit.model_config import MLiTConfig
-from mlit.train import select_device
+from mlit.engine import select_device
 from mlit.zoo import layout, mother, stats
 
 FACTORS = ("pretraining", "head", "optimizer", "lr")  # Table 2's rows

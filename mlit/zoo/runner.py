@@ -18,7 +18,8 @@ from mlit.engine import select_precision
 from mlit.files import remove_orphans, write_json, write_text_atomic
 from mlit.lock import FolderBusy, FolderLock
 from mlit.tensorboard import TensorBoard
-from mlit.train import StageRun, select_device
+from mlit.engine import select_device
+from mlit.stage import StageRun
 from mlit.zoo import layout
 from mlit.zoo.plan import ZooRun
 

@@ -1,0 +1,63 @@
+"""The runs of a shape sweep: every shape of the star at every budget, each trained for as many
+epochs as its budget buys at its own measured FLOPs per image (mlit/flops.py), laid out as a
+zoo is: `training/<run>/` (one-stage sweeps), or `pretraining/<run>/` and
+`finetuning/<run>/ft/` (MAE then fine-tuning). The zoo's runner trains them (skip, resume,
+shards, Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlit.config import model_settings
+from mlit.data.datasets import INFO
+from mlit.flops import training_flops
+from mlit.shape.recipe import ShapeSweep
+from mlit.zoo.plan import ZooRun
+
+
+def run_name(shape: dict[str, int], budget: float) -> str:
+    return (f"d{shape['d']}_L{shape['L']}_h{shape['h1']}_E{shape['E_max']}_k{shape['k']}"
+            f"_t{budget:.1e}").replace("+", "")
+
+
+def images_per_epoch(sweep: ShapeSweep, kind: str) -> int:
+    """Images one epoch trains on: whole batches of the training split (drop_last)."""
+    batch = getattr(sweep, kind).batch_size
+    return INFO[sweep.data.dataset].train_size // batch * batch
+
+
+def epochs_for(flops: float, sweep: ShapeSweep, kind: str, per_image: float) -> int:
+    return max(1, round(flops / (per_image * images_per_epoch(sweep, kind))))
+
+
+def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[ZooRun]:
+    """Every (shape, budget); first stages first, in a stable order, so shards are too."""
+    sweep_dir = Path(sweep_dir)
+    num_classes = INFO[sweep.data.dataset].num_classes
+    first, second = [], []
+    for shape, arms in sweep.shapes():
+        cfg = model_settings(sweep.model_for(shape), num_classes=num_classes)
+        for budget in sweep.budgets:
+            name = run_name(shape, budget)
+            factors = {**shape, "arms": arms, "budget": budget}
+            if sweep.stage != "mae_finetune":
+                kind = sweep.stage if sweep.stage == "supervised" else "pretrain"
+                per_image = training_flops(cfg, kind)
+                epochs = epochs_for(budget, sweep, kind, per_image)
+                first.append(ZooRun(name, f"training/{name}", kind, {
+                    **factors, "flops_per_image": per_image, "final": True},
+                    sweep.run_recipe(name, kind, shape, epochs)))
+                continue
+            share = sweep.pretrain_share
+            pre, fine = training_flops(cfg, "pretrain"), training_flops(cfg, "finetune")
+            backbone = f"pretraining/{name}"
+            first.append(ZooRun(name, backbone, "pretrain", {
+                **factors, "flops_per_image": pre, "final": False},
+                sweep.run_recipe(name, "pretrain", shape,
+                                 epochs_for(share * budget, sweep, "pretrain", pre))))
+            second.append(ZooRun("ft", f"finetuning/{name}/ft", "finetune", {
+                **factors, "flops_per_image": fine, "final": True},
+                sweep.run_recipe("ft", "finetune", shape,
+                                 epochs_for((1 - share) * budget, sweep, "finetune", fine),
+                                 init=sweep_dir / backbone / "checkpoint.pt"), backbone))
+    return first + second

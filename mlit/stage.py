@@ -1,0 +1,237 @@
+"""One training stage: its model, optimiser, schedule, loaders, checkpoints and logs.
+
+`StageRun` is what `python -m mlit.train` runs for every stage of a recipe, and what the
+model zoo and the shape sweep run for each of their models (with the zoo's file layout).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mlit import checkpoint as ckpt
+from mlit import modelfile
+from mlit.config import Recipe, Stage
+from mlit.data.datasets import INFO
+from mlit.data.loaders import epoch_seed, eval_loader, train_loader
+from mlit.data.transforms import batch_mixing
+from mlit.encoder import MLiT, build_head
+from mlit.engine import (Precision, StepTracker, evaluate, expert_load, reconstruction_grid,
+                         to_device, train_step)
+from mlit.files import append_jsonl, jsonl_text, read_jsonl, write_jsonl
+from mlit.mae import MaskedAutoEncoder
+from mlit.optim import build_optimizer, lr_at, set_lr
+from mlit.simclr import SimCLR
+
+
+def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dict | None):
+    """The stage's model. Classifier heads may draw from their own seed, so two runs that
+    differ only in `head_seed` start from identical encoders and different heads."""
+    extra = {"num_classes": INFO[recipe.data.dataset].num_classes}
+    if stage.head:
+        extra["head"] = stage.head
+    cfg = recipe.model_settings(**extra)
+    ckpt.seed_everything(recipe.train.seed)
+    if kind == "pretrain":
+        return MaskedAutoEncoder(cfg)
+    if kind == "simclr":
+        return SimCLR(cfg)
+    model = MLiT(cfg)
+    if stage.head_seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stage.head_seed)
+            model.head = build_head(cfg)
+    if encoder_init is not None:
+        model.encoder.load_state_dict(encoder_init)
+    return model
+
+
+class StageRun:
+    """One stage: its model, optimiser, schedule, loaders, checkpoints and logs. The zoo
+    places a run's files with `stage_dir` and `metrics_path`."""
+
+    def __init__(self, recipe: Recipe, kind: str, stage: Stage, out: Path,
+                 precision: Precision, writer, encoder_init: dict | None = None,
+                 stage_dir: Path | None = None, metrics_path: Path | None = None):
+        self.recipe, self.kind, self.stage, self.precision = recipe, kind, stage, precision
+        self.dir = stage_dir or out / kind
+        self.metrics_path = metrics_path or out / "metrics.jsonl"
+        self.writer = writer
+        self.model = build_stage_model(recipe, kind, stage, encoder_init).to(precision.device)
+        self.optimizer = build_optimizer(self.model, stage)
+        self.scaler = precision.scaler()
+        # the training step may run a compiled copy; checkpoints and evaluation use the module
+        self.step_model = (torch.compile(self.model, mode=recipe.train.compile_mode)
+                           if recipe.train.compile else self.model)
+        size, device = self.model.cfg.image_size, precision.device
+        classifier = isinstance(self.model, MLiT)
+        simclr = kind == "simclr"
+        self.train_loader = train_loader(recipe.data, stage.augment, size, stage.batch_size,
+                                         device, two_views=simclr)
+        self.test_loader = eval_loader(recipe.data, size, stage.batch_size, device,
+                                       two_views_aug=stage.augment if simclr else None)
+        self.train_eval_loader = (eval_loader(recipe.data, size, stage.batch_size, device,
+                                              train=True)
+                                  if stage.eval_train and classifier else None)
+        self.mixing = (batch_mixing(stage.augment, self.model.cfg.num_classes)
+                       if classifier else None)
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = stage.epochs * self.steps_per_epoch
+        self.warmup_steps = round(stage.warmup_epochs * self.steps_per_epoch)
+        self.epoch, self.step, self.result = 0, 0, {}
+        self.saved_epoch = 0
+
+    # -- checkpoints ------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def model_record(self) -> dict:
+        """What any file holding this stage's weights carries to rebuild the model alone."""
+        return {"model": self.model.state_dict(), "kind": self.kind,
+                "model_name": self.recipe.model["name"], "model_config": vars(self.model.cfg),
+                "epoch": self.epoch}
+
+    def save(self) -> None:
+        state = {**self.model_record(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "step": self.step,
+                 "rng": ckpt.rng_state(), "result": self.result}
+        ckpt.save_atomic(state, self.last_path)
+        self.saved_epoch = self.epoch
+
+    def save_epoch_checkpoint(self) -> None:
+        """The zoo keeps every epoch's weights: checkpoint_0000XY/model.pt."""
+        ckpt.save_atomic(self.model_record(), ckpt.epoch_path(self.dir, self.epoch))
+
+    def last_good(self) -> str:
+        """The checkpoint a rerun would resume from, for error messages."""
+        if not self.last_path.exists():
+            return "none yet"
+        return f"{self.last_path} (epoch {self.saved_epoch})"
+
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one; True when the stage had finished."""
+        if not self.last_path.exists():
+            self.truncate_metrics(after=-1)  # a fresh start: forget any earlier attempt
+            return False
+        # on the CPU: RNG states must stay CPU tensors; the module and the optimiser copy
+        # their tensors to the parameters' device themselves
+        state = ckpt.load(self.last_path)
+        modelfile.load_weights(self.model, state.get("model", {}), str(self.last_path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.result = state["epoch"], state["step"], state["result"]
+        self.saved_epoch = self.epoch
+        ckpt.set_rng_state(state["rng"])
+        self.truncate_metrics(after=self.epoch)
+        return self.epoch >= self.stage.epochs
+
+    def truncate_metrics(self, after: int) -> None:
+        """Drop this stage's metric lines of epochs after `after`, written by a run that was
+        killed before its next checkpoint."""
+        if self.metrics_path.exists():  # rewritten whole: also drops a partial last line
+            keep = [r for r in read_jsonl(self.metrics_path)
+                    if not (r.get("stage") == self.kind and r.get("epoch", 0) > after)]
+            if jsonl_text(keep) != self.metrics_path.read_text(errors="replace"):
+                write_jsonl(self.metrics_path, keep)
+
+    # -- training ---------------------------------------------------------------------------
+    def run_epoch(self, bar) -> dict:
+        self.model.train()
+        seed = epoch_seed(self.recipe.train.seed, self.kind, self.epoch)
+        ckpt.seed_everything(seed)  # augmentation, masking, gate noise, dropout
+        self.train_loader.generator.manual_seed(seed)  # shuffling and worker seeds
+        tracker, device = StepTracker(), self.precision.device
+        for images, targets in self.train_loader:
+            images = to_device(images, device)
+            targets = targets.to(device, non_blocking=True)
+            if self.mixing is not None:
+                images, targets = self.mixing(images, targets)
+            lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.stage)
+            set_lr(self.optimizer, lr)
+            parts = train_step(self.step_model, images, targets, self.optimizer, self.scaler,
+                               self.precision, self.stage.clip_grad, self.stage.label_smoothing)
+            tracker.add(self.step, parts)
+            self.step += 1
+            if self.step % self.recipe.train.log_every == 0:
+                tracker.check()
+                self.log_step(parts, lr)
+            bar.update(1)
+        tracker.check()
+        return {**tracker.means(), "lr": lr}
+
+    def log_step(self, parts: dict, lr: float) -> None:
+        for k, v in parts.items():
+            self.writer.add_scalar(f"{self.kind}/train_{k}", float(v.detach()), self.step)
+        self.writer.add_scalar(f"{self.kind}/lr", lr, self.step)
+        for i, load in enumerate(expert_load(self.model)):
+            self.writer.add_scalars(f"{self.kind}/expert_load/layer{i:02d}",
+                                    {f"expert{e}": float(s) for e, s in enumerate(load)},
+                                    self.step)
+
+    def evaluate(self) -> dict:
+        metrics = {f"test_{k}": v for k, v in
+                   evaluate(self.model, self.test_loader, self.precision).items()}
+        if self.train_eval_loader is not None:  # eval mode, no augmentation, no MixUp
+            train = evaluate(self.model, self.train_eval_loader, self.precision)
+            metrics.update({"train_acc": train["acc"], "train_eval_loss": train["loss"]})
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"{self.kind}/{k}", v, self.step)
+        if self.kind == "pretrain":
+            info = INFO[self.recipe.data.dataset]
+            images = next(iter(self.test_loader))[0][:8].to(self.precision.device)
+            grid = reconstruction_grid(self.model, images, info.mean, info.std)
+            from torchvision.utils import make_grid
+            self.writer.add_image(f"{self.kind}/reconstructions", make_grid(grid, nrow=3),
+                                  self.step)
+        return metrics
+
+    def write_record(self, record: dict) -> None:
+        append_jsonl(self.metrics_path, record)
+
+    def record_start(self) -> None:
+        """Epoch 0: the model before any training (zoo)."""
+        record = {"stage": self.kind, "epoch": 0, "step": 0, **self.evaluate()}
+        self.write_record(record)
+        if self.stage.epoch_checkpoints:
+            self.save_epoch_checkpoint()
+
+    def run(self) -> dict:
+        """Train the remaining epochs; returns the stage's result."""
+        if self.resume():
+            print(f"[{self.kind}] complete at epoch {self.epoch}, skipping", file=sys.stderr)
+            return {**self.result, "epoch": self.epoch}
+        stop_after = self.recipe.train.stop_after_epochs
+        last_epoch = min(self.stage.epochs, self.epoch + stop_after if stop_after else 10**9)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.kind, unit="step",
+                   disable=not self.recipe.train.progress, dynamic_ncols=True, mininterval=2)
+        start = time.time()
+        if self.epoch == 0 and self.stage.eval_at_start:
+            self.record_start()
+        with bar:
+            while self.epoch < last_epoch:
+                train_metrics = self.run_epoch(bar)
+                self.epoch += 1
+                done = self.epoch == self.stage.epochs
+                record = {"stage": self.kind, "epoch": self.epoch, "step": self.step,
+                          **{f"train_{k}": v for k, v in train_metrics.items()}}
+                if done or self.epoch % self.stage.eval_every == 0:
+                    record.update(self.evaluate())
+                record["time_s"] = round(time.time() - start, 2)
+                self.result = {k: v for k, v in record.items()
+                               if k.startswith("test_") or k == "train_acc"} or self.result
+                if self.stage.epoch_checkpoints:
+                    self.save_epoch_checkpoint()
+                self.write_record(record)
+                bar.write(f"[{self.kind}] epoch {self.epoch}/{self.stage.epochs} " + " ".join(
+                    f"{k}={v:.4g}" for k, v in record.items()
+                    if k.startswith(("train_loss", "test_")) or k == "train_lr"))
+                if done or self.epoch % self.stage.checkpoint_every == 0 \
+                        or self.epoch == last_epoch:
+                    self.save()
+        self.writer.flush()
+        return {**self.result, "epoch": self.epoch}
