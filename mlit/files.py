@@ -106,14 +106,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
-                print(f"warning: {path}: dropped a partial last line (a write that did not "
-                      "finish)", file=sys.stderr)
+                warn_partial(path)
                 break
             raise DamagedFile(f"{path}: line {i + 1} is not JSON; the file is damaged") from None
         if not isinstance(record, dict):
             raise DamagedFile(f"{path}: line {i + 1} is not a JSON object")
         records.append(record)
     return records
+
+
+def warn_partial(path: Path) -> None:
+    print(f"warning: {path}: dropped a partial last line (a write that did not finish)",
+          file=sys.stderr)
 
 
 def jsonl_text(records: list[dict]) -> str:
@@ -126,5 +130,11 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Add one line. The file is rewritten whole (one small file per run, one line per
-    epoch), so after any crash the line is either there in full or not at all."""
-    write_jsonl(path, [*read_jsonl(path), record])
+    epoch), so after any crash the line is either there in full or not at all; the lines
+    already there are copied as text, not parsed again."""
+    path = Path(path)
+    text = path.read_text(errors="replace") if path.exists() else ""
+    if text and not text.endswith("\n"):  # an older writer's partial last line
+        warn_partial(path)
+        text = text[: text.rfind("\n") + 1]
+    write_text_atomic(path, text + json.dumps(record) + "\n")

@@ -154,7 +154,10 @@ def test_model_with_triton_dispatch_compiles_as_one_graph():
 
 
 def test_auto_picks_triton_on_cuda_and_torch_elsewhere():
-    from mlit.dispatch import resolve_impl
+    from mlit.dispatch import TRITON_SHARED, resolve_impl
+    from mlit.kernels.moe import TRITON_ARRANGEMENTS
+
+    assert set(TRITON_ARRANGEMENTS) == set(TRITON_SHARED)  # the kernel serves what dispatch says
 
     assert resolve_impl("auto", torch.empty(1)) == "torch"
     assert resolve_impl("auto", torch.empty(1, device="meta")) == "torch"
