@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"mlit.train: {err} ({err.where}); stopped", file=sys.stderr)
         return 1
+    except OSError as err:  # the machine refused a file: permissions, a lost mount, ...
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"mlit.train: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in summary.items() if k != "stages"}))
     return 0
 

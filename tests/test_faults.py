@@ -414,3 +414,10 @@ def test_damaged_svhn_and_flowers_files_are_named(tmp_path):
         (folder / name).write_bytes(rng.bytes(300))
     with pytest.raises(DatasetInvalid, match=f"^{folder}: the label files"):
         build_dataset("flowers102", str(tmp_path), True, None)
+
+
+def test_a_run_folder_the_machine_refuses_is_one_line(tmp_path, capsys):
+    taken = tmp_path / "a_file"
+    taken.write_text("not a folder")
+    assert main(["recipes/quickstart.yaml", f"train.out={taken}", *TINY]) == 1
+    assert one_line(capsys) == f"mlit.train: File exists ({taken})"
