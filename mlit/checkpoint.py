@@ -51,7 +51,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, empty, random bytes, a pickle of other objects
         raise CheckpointError(f"{path} is not a readable checkpoint (damaged, truncated or "
-                              f"another format: {first_line(err) or type(err).__name__})") from None
+                              f"another format: {first_line(err)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not an mLiT checkpoint (it holds a "
                               f"{type(obj).__name__}, not a dict of weights)")

@@ -78,13 +78,12 @@ def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
 
 
 def remove_orphans(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that writes killed mid-way left in `folder` (and the
-    per-epoch checkpoint folders below it). Only safe while holding the folder's lock."""
+    """Delete the temporary files that writes killed mid-way left in `folder`, its stage
+    folders and the per-epoch checkpoint folders (a zoo model's, or a stage's). Only safe while holding the folder's lock."""
     folder = Path(folder)
     found = [*folder.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"),
              *folder.glob(f"*/{TMP_PREFIX}*{TMP_SUFFIX}"),
-             *folder.glob(f"*/checkpoint_*/{TMP_PREFIX}*{TMP_SUFFIX}"),
-             *folder.glob(f"checkpoint_*/{TMP_PREFIX}*{TMP_SUFFIX}")]
+             *folder.glob(f"*/checkpoint_*/{TMP_PREFIX}*{TMP_SUFFIX}")]
     for path in found:
         path.unlink(missing_ok=True)
     return found
