@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from mlit.kernels.interpreter_compat import patch_interpreter
 from mlit.kernels.moe_kernels import moe_hidden_bwd_kernel, moe_hidden_fwd_kernel
+
+patch_interpreter()  # Triton 3.6's interpreter with NumPy >= 2.4 (interpreter_compat.py)
 
 BLOCK_N, BLOCK_H, BLOCK_D = 64, 32, 32
 # the sharing arrangements the kernel's algebra serves, and where the swish sits in each

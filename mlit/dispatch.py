@@ -26,9 +26,15 @@ drops the rest), and implementations may leave it 0 or fill it there. Implementa
 - ``triton``: the fused kernel in ``mlit.kernels`` (CUDA, or TRITON_INTERPRET=1 on CPU), for
               v_w2 and w_w2; w_v has no single hidden activation to fuse.
 - ``auto``:   triton on CUDA tensors where it serves the arrangement, torch elsewhere.
+
+The kernel is checked against ``torch`` on a small problem the first time it serves a device
+(per dtype and arrangement) in a process: a kernel that fails to build or disagrees there is
+one warning line and ``torch`` under ``auto``, and a KernelFault under ``triton``.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +98,67 @@ def dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared="v_w2"):
     return F.linear(value * mixed, w2, b2)
 
 
+def triton_preferred(x: torch.Tensor) -> bool:
+    """Where `auto` picks the Triton kernel: CUDA tensors."""
+    return x.is_cuda
+
+
 def resolve_impl(impl: str, x: torch.Tensor, shared: str = "v_w2") -> str:
+    """The implementation that serves `impl` for x. The first Triton dispatch on a device
+    (per dtype and arrangement) checks the kernel there first (kernel_trusted)."""
     if impl == "auto":
-        return "triton" if x.is_cuda and shared in TRITON_SHARED else "torch"
+        if not (triton_preferred(x) and shared in TRITON_SHARED):
+            return "torch"
+        return "triton" if kernel_trusted(x.device, kernel_dtype(x), shared) else "torch"
+    if impl == "triton" and shared in TRITON_SHARED:
+        kernel_trusted(x.device, kernel_dtype(x), shared, strict=True)
     return impl
+
+
+def check_before_compile(impl: str, shared: str, device, dtype: torch.dtype) -> None:
+    """Run the first-dispatch check eagerly, since torch.compile's trace only reads its
+    answer (an untrusted kernel then traces as torch under auto)."""
+    resolve_impl(impl, torch.empty(0, device=device, dtype=dtype), shared)
+
+
+def kernel_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the Triton kernel runs in: autocast's where it is on."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+# (device, dtype, shared) -> whether the kernel built and matched the reference there
+_TRUSTED: dict[tuple, bool] = {}
+
+
+def kernel_trusted(device: torch.device, dtype: torch.dtype, shared: str,
+                   strict: bool = False) -> bool:
+    """Check the Triton kernel against the reference on a small problem the first time it
+    serves (device, dtype, shared) in this process (mlit.kernels.selfcheck). A failure is one
+    line on stderr and, under `auto`, the PyTorch implementation for the rest of the run;
+    with moe_impl=triton (strict) it raises KernelFault. Under torch.compile's tracing the
+    answer comes from the cache (StageRun asks before compiling)."""
+    key = (torch.device(device), dtype, shared)
+    if key in _TRUSTED or torch.compiler.is_compiling():
+        trusted = _TRUSTED.get(key, True)
+    else:
+        from mlit.kernels.selfcheck import KernelFault, check_device
+        try:
+            check_device(key[0], dtype, shared)
+            trusted = _TRUSTED[key] = True
+        except KernelFault as fault:
+            _TRUSTED[key] = False
+            if strict:
+                raise
+            print(f"warning: {fault}; using moe_impl=torch (the PyTorch implementation) for "
+                  "the rest of this run", file=sys.stderr)
+            trusted = False
+    if strict and not trusted:
+        from mlit.kernels.selfcheck import KernelFault
+        raise KernelFault(f"the Triton MoE kernel failed its check on {key[0]} "
+                          f"({str(dtype).removeprefix('torch.')}) earlier in this run")
+    return trusted
 
 
 def expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2", impl: str = "auto"):

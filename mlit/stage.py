@@ -17,6 +17,7 @@ from mlit import checkpoint as ckpt
 from mlit import modelfile
 from mlit.config import Recipe, Stage
 from mlit.data.datasets import INFO
+from mlit.dispatch import check_before_compile
 from mlit.data.loaders import epoch_seed, eval_loader, train_loader
 from mlit.data.transforms import batch_mixing
 from mlit.encoder import MLiT, build_head
@@ -65,6 +66,9 @@ class StageRun:
         self.optimizer = build_optimizer(self.model, stage)
         self.scaler = precision.scaler()
         # the training step may run a compiled copy; checkpoints and evaluation use the module
+        if recipe.train.compile:
+            check_before_compile(self.model.cfg.moe_impl, self.model.cfg.shared,
+                                 precision.device, precision.dtype)
         self.step_model = (torch.compile(self.model, mode=recipe.train.compile_mode)
                            if recipe.train.compile else self.model)
         size, device = self.model.cfg.image_size, precision.device

@@ -27,6 +27,7 @@ from mlit.config import (STAGE_ORDER, Recipe, RecipeError, Stage, build_recipe,
                          changed_fields, load_recipe, parse_yaml, recipe_to_yaml)
 from mlit.data.datasets import DatasetError
 from mlit.engine import NonFiniteLoss, select_device, select_precision
+from mlit.kernels.selfcheck import KernelFault
 from mlit.files import (DamagedFile, DiskFull, remove_orphans, write_json,
                         write_text_atomic)
 from mlit.lock import FolderBusy, FolderLock
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except NonFiniteLoss as err:
         print(f"mlit.train: {err} ({err.where}); stopped", file=sys.stderr)
+        return 1
+    except KernelFault as err:  # moe_impl=triton on a device where the kernel is wrong
+        print(f"mlit.train: {err}; stopped (moe_impl=auto would use torch there)",
+              file=sys.stderr)
         return 1
     except OSError as err:  # the machine refused a file: permissions, a lost mount, ...
         where = f" ({err.filename})" if err.filename else ""

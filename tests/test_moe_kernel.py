@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,51 +13,19 @@ import torch
 
 import mlit
 from mlit.dispatch import expert_mixture
+from mlit.kernels import selfcheck
+from mlit.kernels.selfcheck import NAMES, SHAPES, as_w_w2
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def routed_inputs(N, d, h, E, k=2, avoid=None, seed=0):
-    """Tokens, top-k softmax gates and weights; `avoid=(e, n)` keeps the first n tokens (a
-    whole tile) away from expert e."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, d, generator=g)
-    logits = torch.randn(N, E, generator=g)
-    if avoid is not None:
-        logits[: avoid[1], avoid[0]] = -1e9
-    vals, idx = logits.topk(k, dim=1)
-    gates = torch.zeros(N, E).scatter(1, idx, vals.softmax(1))
-    weights = [torch.randn(E, d, h, generator=g) * d**-0.5, torch.randn(E, h, generator=g),
-               torch.randn(h, d, generator=g) * d**-0.5, torch.randn(h, generator=g),
-               torch.randn(d, h, generator=g) * h**-0.5, torch.randn(d, generator=g)]
-    return [t.to(DEVICE) for t in (x, gates, *weights)]
-
-
-def as_w_w2(inputs):
-    """The same tensors as an input of shared=w_w2: the experts own V, share W and W2."""
-    x, gates, w, b, v, c, w2, b2 = inputs
-    return [x, gates, v, c, w, b, w2, b2]
+def routed_inputs(*shape, **kwargs):
+    return selfcheck.routed_inputs(*shape, device=DEVICE, **kwargs)
 
 
 def output_and_grads(impl, inputs, shared="v_w2"):
-    leaves = [t.clone().requires_grad_() for t in inputs]
-    y = expert_mixture(*leaves, shared=shared, impl=impl)
-    upstream = torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)
-    (y * upstream).sum().backward()
-    grads = [l.grad for l in leaves]
-    grads[1] = grads[1] * (inputs[1] > 0)  # gate gradients count where routed (the contract)
-    return [y.detach(), *grads]
-
-
-NAMES = ["y", "dx", "dgates", "dW", "db", "dV", "dc", "dW2", "db2"]
-SHAPES = {  # (N, d, h, E)
-    "tiny": (10, 16, 8, 3),
-    "odd_widths": (37, 27, 13, 4),
-    "mlit_s_first_layer": (150, 144, 144, 3),
-    "mlit_s_last_layer": (145, 144, 72, 5),
-    "mlit_xxs_last_layer": (70, 108, 27, 5),
-}
+    return selfcheck.output_and_grads(partial(expert_mixture, impl=impl), inputs, shared)
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -184,3 +153,76 @@ def test_kernels_compile_for_ampere_and_hopper_without_spills():
         if dtype != "fp32":  # fp32 is exact (ieee) FMA math, not a training dtype on CUDA
             assert r["tensor_core"] == {"sm_80": "mma", "sm_90": "wgmma"}[arch], (arch, kernel)
             assert r["spill_bytes"] == 0, (shared, arch, dtype, kernel, r)
+
+
+# -- the first Triton dispatch on a device checks the kernel there ---------------------------
+QUICK = ["recipes/quickstart.yaml", "model.name=mlit_micro", "pretrain.epochs=1",
+         "finetune.epochs=1", "pretrain.warmup_epochs=0", "finetune.warmup_epochs=0",
+         "train.progress=false"]
+
+
+@pytest.fixture
+def wrong_kernel(monkeypatch):
+    """A Triton mixture that returns wrong numbers, and a process that has checked nothing."""
+    import mlit.dispatch
+    import mlit.kernels.moe
+
+    real = mlit.kernels.moe.triton_expert_mixture
+    monkeypatch.setattr(mlit.kernels.moe, "triton_expert_mixture",
+                        lambda *args: real(*args) + 0.1)
+    monkeypatch.setattr(mlit.dispatch, "_TRUSTED", {})
+
+
+def test_explicit_triton_with_a_wrong_kernel_stops_with_one_line(tmp_path, wrong_kernel,
+                                                                   capsys):
+    from mlit.train import main
+
+    code = main([*QUICK, f"train.out={tmp_path}", "model.moe_impl=triton"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("mlit.train: Triton MoE kernel on cpu, float32: disagrees with "
+                             "the PyTorch reference (y off by ")
+    assert not (tmp_path / "pretrain" / "checkpoint.pt").exists()  # before any training
+
+
+def test_auto_with_a_wrong_kernel_warns_once_and_trains_with_torch(tmp_path, wrong_kernel,
+                                                                    monkeypatch, capsys):
+    """`auto` picks Triton where triton_preferred says so (CUDA; here the CPU, under the
+    interpreter): the check fails, one line says so, and the run finishes with torch."""
+    import mlit.dispatch
+    from mlit.train import main
+
+    monkeypatch.setattr(mlit.dispatch, "triton_preferred", lambda x: True)
+    assert main([*QUICK, f"train.out={tmp_path}"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "Triton" in line]
+    assert len(warnings) == 1, warnings
+    assert "disagrees with the PyTorch reference" in warnings[0]
+    assert warnings[0].endswith("using moe_impl=torch (the PyTorch implementation) for the "
+                                "rest of this run")
+    x = torch.randn(3, 16)
+    assert mlit.dispatch.resolve_impl("auto", x) == "torch"
+
+
+def test_a_kernel_that_fails_to_build_is_named_with_its_error(monkeypatch):
+    import mlit.dispatch
+    import mlit.kernels.moe
+
+    def broken(*args):
+        raise RuntimeError("PTX .version 9.9 does not support .target sm_999\nmore detail")
+
+    monkeypatch.setattr(mlit.kernels.moe, "triton_expert_mixture", broken)
+    monkeypatch.setattr(mlit.dispatch, "_TRUSTED", {})
+    with pytest.raises(selfcheck.KernelFault, match=r"^Triton MoE kernel on cpu, float32: "
+                       r"failed to run \(RuntimeError: PTX .version 9.9 does not support "
+                       r"\.target sm_999\)$"):
+        mlit.dispatch.kernel_trusted(torch.device("cpu"), torch.float32, "v_w2", strict=True)
+
+
+def test_the_real_kernel_passes_its_first_dispatch_check(monkeypatch):
+    import mlit.dispatch
+
+    monkeypatch.setattr(mlit.dispatch, "_TRUSTED", {})
+    result = selfcheck.compare(selfcheck.routed_inputs(*selfcheck.SMALL_PROBLEM))
+    assert result.passed and set(result.errors) == set(NAMES)
+    assert mlit.dispatch.kernel_trusted(torch.device(DEVICE), torch.float32, "w_w2")
+    assert mlit.dispatch._TRUSTED == {(torch.device(DEVICE), torch.float32, "w_w2"): True}

@@ -17,6 +17,7 @@ TFLOP/s (useful FLOPs: V, the k routed W_e, W2; backward counted as 2x forward),
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -60,7 +61,7 @@ def implementations(device, compile_dense: bool):
     return impls
 
 
-def bench_layer(name, d, h, E, N, k, dtype, device, impls, min_run_time):
+def bench_layer(name, d, h, E, N, k, dtype, device, impls, min_run_time, records):
     x, gates, params = make_inputs(N, d, h, E, k, dtype, device)
     flops_fwd = 2 * N * d * h * (1 + k) + 2 * N * h * d
     elem = x.element_size()
@@ -91,6 +92,10 @@ def bench_layer(name, d, h, E, N, k, dtype, device, impls, min_run_time):
     best_fwd = min(r[0] for r in baselines)
     best_fb = min(r[1] for r in baselines)
     for impl, (t_f, t_fb, peak) in rows.items():
+        records.append({"kind": "layer", "dtype": str(dtype).removeprefix("torch."),
+                        "layer": name, "N": N, "d": d, "h": h, "E": E, "impl": impl,
+                        "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_fb * 1e3,
+                        "peak_mib": None if peak != peak else peak})
         print(f"{name:<13} {N:>6} {d:>4} {h:>4} {E:>2} {impl:<14} "
               f"{t_f * 1e3:>8.3f} {best_fwd / t_f:>5.2f}x {rows['naive'][0] / t_f:>5.2f}x  "
               f"{t_fb * 1e3:>8.3f} {best_fb / t_fb:>5.2f}x {rows['naive'][1] / t_fb:>5.2f}x  "
@@ -99,7 +104,7 @@ def bench_layer(name, d, h, E, N, k, dtype, device, impls, min_run_time):
     return rows
 
 
-def bench_step(dtype, device, batch, min_run_time):
+def bench_step(dtype, device, batch, min_run_time, records):
     """A full mLiT-S fine-tuning step (forward, backward, AdamW) per implementation."""
     print(f"\nmLiT-S training step, batch {batch}, 36x36 images, {dtype}")
     times = {}
@@ -123,6 +128,8 @@ def bench_step(dtype, device, batch, min_run_time):
         step(), step()
         times[impl] = median_seconds(step, device, min_run_time)
     for impl, t in times.items():
+        records.append({"kind": "step", "dtype": str(dtype).removeprefix("torch."),
+                        "batch": batch, "impl": impl, "ms_per_step": t * 1e3})
         print(f"  moe_impl={impl:<7} {t * 1e3:8.2f} ms/step  {batch / t:9.0f} img/s  "
               f"{times['torch'] / t:5.2f}x vs torch")
 
@@ -134,6 +141,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small N, short timings")
     parser.add_argument("--no-compile", action="store_true", help="skip dense+compile")
     parser.add_argument("--step", action="store_true", help="also time a training step")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="seconds of timing per measurement (default 0.5; --quick 0.05)")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +152,8 @@ def main(argv=None) -> None:
     default = "bf16,fp16" if device.type == "cuda" else "fp32"
     dtypes = [DTYPES[t] for t in (args.dtypes or default).split(",")]
     token_counts = [2048] if args.quick else [448 * 145, 840 * 37]
-    min_run_time = 0.05 if args.quick else 0.5
+    min_run_time = args.min_time or (0.05 if args.quick else 0.5)
+    records: list[dict] = []
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; top-k 2; random top-2 routing")
     if device.type != "cuda":
@@ -157,9 +168,14 @@ def main(argv=None) -> None:
         for model in args.models.split(","):
             for layer, d, h, E in layer_shapes(model):
                 for N in token_counts:
-                    bench_layer(layer, d, h, E, N, 2, dtype, device, impls, min_run_time)
+                    bench_layer(layer, d, h, E, N, 2, dtype, device, impls, min_run_time,
+                                records)
         if args.step:
-            bench_step(dtype, device, 64 if args.quick else 448, min_run_time)
+            bench_step(dtype, device, 64 if args.quick else 448, min_run_time, records)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "rows": records}, f,
+                      indent=1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -83,18 +84,24 @@ def time_input(batches, device, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def time_steps(model, batches, precision, steps: int, warmup: int) -> float:
+def time_steps(model, batches, precision, steps: int, warmup: int) -> tuple[float, float]:
+    """Seconds a step, and peak device memory (MiB) of the timed steps (NaN on the CPU)."""
     stage = Stage(epochs=1, batch_size=256, base_lr=1e-4)
     optimizer = build_optimizer(model, stage)
     scaler = precision.scaler()
     for i in range(warmup + steps):
         if i == warmup:
             sync(precision.device)
+            if precision.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
         x, y = next(batches)
         train_step(model, x, y, optimizer, scaler, precision)
     sync(precision.device)
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if precision.device.type == "cuda"
+            else float("nan"))
+    return seconds, peak
 
 
 def main(argv=None) -> None:
@@ -106,7 +113,11 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers")
     parser.add_argument("--quick", action="store_true", help="XXS, batch 32, 3 steps")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--variants", help="comma list of variant keys (default: all), e.g. "
+                                           "fast-device,fast-device-compiled")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
     args = parser.parse_args(argv)
+    records: list[dict] = []
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = args.dtype if device.type == "cuda" else "fp32"
@@ -124,20 +135,28 @@ def main(argv=None) -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; dtype {precision.dtype}; "
           f"images 32x32 uint8 -> 36x36 (3x3 patches, 145 tokens; MAE encoder 37)")
-    variants = [  # (label, input, compiled, moe_impl, ffn)
-        ("eager torch dataloader", "dataloader", False, "torch", "moe"),
-        ("eager torch device", "device", False, "torch", "moe"),
-        (f"eager {fast_impl} device", "device", False, fast_impl, "moe"),
-        (f"compiled {fast_impl} device", "device", True, fast_impl, "moe"),
-        ("compiled dense device", "device", True, "dense", "moe"),
-        ("dense ViT eager device", "device", False, "torch", "mlp"),
-        ("dense ViT compiled device", "device", True, "torch", "mlp"),
+    variants = [  # (key, label, input, compiled, moe_impl, ffn)
+        ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe"),
+        ("torch-device", "eager torch device", "device", False, "torch", "moe"),
+        ("fast-device", f"eager {fast_impl} device", "device", False, fast_impl, "moe"),
+        ("fast-device-compiled", f"compiled {fast_impl} device", "device", True, fast_impl,
+         "moe"),
+        ("dense-device-compiled", "compiled dense device", "device", True, "dense", "moe"),
+        ("vit-device", "dense ViT eager device", "device", False, "torch", "mlp"),
+        ("vit-device-compiled", "dense ViT compiled device", "device", True, "torch", "mlp"),
     ]
+    if args.variants:
+        keys = args.variants.split(",")
+        unknown = sorted(set(keys) - {v[0] for v in variants})
+        if unknown:
+            parser.error(f"--variants: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(v[0] for v in variants)}")
+        variants = [v for v in variants if v[0] in keys]
     if args.no_compile:
-        variants = [v for v in variants if not v[2]]
+        variants = [v for v in variants if not v[3]]
     # on the CPU the 'fast' impl is dense: keep the first of two identical variants
     seen: set[str] = set()
-    variants = [v for v in variants if not (v[0] in seen or seen.add(v[0]))]
+    variants = [v[1:] for v in variants if not (v[1] in seen or seen.add(v[1]))]
     for model_name in models:
         for step in ("mae", "finetune"):
             batch = MAE_BATCH[model_name] if step == "mae" else FT_BATCH
@@ -145,7 +164,7 @@ def main(argv=None) -> None:
             aug = MAE_AUG if step == "mae" else FT_AUG
             print(f"\n{model_name} {step} step, batch {batch}")
             print(f"  {'variant':<28} {'ms/step':>9} {'img/s':>9} {'epoch 50k':>10} "
-                  f"{'input ms':>9} {'input %':>8} {'vs first':>8}")
+                  f"{'input ms':>9} {'input %':>8} {'vs first':>8} {'peak MiB':>9}")
             first = None
             inputs = {}
             for label, input_kind, compiled, impl, ffn in variants:
@@ -158,12 +177,22 @@ def main(argv=None) -> None:
                     inputs[input_kind] = make_input(input_kind, images, labels, batch, aug,
                                                     device, workers)
                     inputs[input_kind + "_ms"] = time_input(inputs[input_kind], device, steps)
-                t = time_steps(model, inputs[input_kind], precision, steps, warmup)
+                t, peak = time_steps(model, inputs[input_kind], precision, steps, warmup)
                 first = first or t
                 in_ms = inputs[input_kind + "_ms"]
+                records.append({"model": model_name, "step": step, "batch": batch,
+                                "variant": label, "ms_per_step": t * 1e3, "img_s": batch / t,
+                                "epoch_50k_s": 50_000 / batch * t, "input_ms": in_ms * 1e3,
+                                "input_pct": 100 * in_ms / t,
+                                "peak_mib": None if peak != peak else peak})
                 print(f"  {label:<28} {t * 1e3:>9.2f} {batch / t:>9.0f} "
                       f"{50_000 / batch * t:>9.1f}s {in_ms * 1e3:>9.2f} "
-                      f"{100 * in_ms / t:>7.1f}% {first / t:>7.2f}x", flush=True)
+                      f"{100 * in_ms / t:>7.1f}% {first / t:>7.2f}x {peak:>9.1f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__,
+                       "dtype": str(precision.dtype).removeprefix("torch."), "rows": records},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
