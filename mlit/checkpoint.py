@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import random
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +49,19 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+        if not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6
+            with open(path, "rb") as f:
+                kind = "a raw pickle" if f.read(1) == b"\x80" else "damaged, truncated or " \
+                    "another format"
+            raise CheckpointError(f"{path} is not a readable checkpoint ({kind}: not the zip "
+                                  "archive torch.save writes)")
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            warnings.simplefilter("ignore")  # the unpickler's own notes; the error says it all
             obj = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err.strerror})") from None
     except Exception as err:  # truncated, empty, random bytes, a pickle of other objects
         raise CheckpointError(f"{path} is not a readable checkpoint (damaged, truncated or "
                               f"another format: {first_line(err)})") from None

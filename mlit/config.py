@@ -255,9 +255,11 @@ def apply_override(tree: dict, path: list[str], value) -> None:
     node[path[-1]] = value
 
 
-def format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError, whole: str = "recipe") -> str:
+    """pydantic's first error as 'field: message'; `whole` names a check of the whole tree
+    (none: the message alone, which names its field)."""
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "recipe"
+    where = ".".join(str(p) for p in first["loc"]) or whole
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -265,7 +267,7 @@ def format_validation_error(err: ValidationError) -> str:
         msg += f" (got {first['input']!r})"
     if first["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
-    return f"{where}: {msg}"
+    return f"{where}: {msg}" if where else msg
 
 
 def validate(schema: type[BaseModel], tree: dict):

@@ -29,8 +29,9 @@ import torch
 
 from mlit import modelfile
 from mlit.checkpoint import CheckpointError
+from mlit.cli import output_folder, run_command
 from mlit.config import Data, RecipeError, Train, parse_override, validate
-from mlit.data.datasets import INFO, DatasetError
+from mlit.data.datasets import INFO
 from mlit.data.loaders import eval_loader
 from mlit.encoder import MLiT
 from mlit.engine import eval_batches, eval_parts, select_precision
@@ -201,11 +202,11 @@ def evaluate_file(path: str | Path, overrides: list[str] = (), out: str | Path |
     precision = select_precision(select_device(train.device), train.amp)
     model = modelfile.load_weights(modelfile.module_for(mf.kind, mf.config), mf.state,
                                    str(mf.path)).to(precision.device)
+    out = output_folder(out or mf.path.parent / f"eval_{data.dataset}",
+                        "--out" if out else "the output folder (--out)")
     loader = eval_loader(data, mf.config.image_size, batch, precision.device)
     result = {"checkpoint": str(mf.path), "model": mf.name, "kind": mf.kind,
               "dataset": data.dataset, **run_eval(model, loader, precision, info.num_classes)}
-    out = Path(out) if out else mf.path.parent / f"eval_{data.dataset}"
-    out.mkdir(parents=True, exist_ok=True)
     classes = class_names(loader, info.num_classes)
     figures = []
     if "confusion" in result:
@@ -249,11 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                                       "(default: eval_<dataset>/ beside the checkpoint)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        result = evaluate_file(args.checkpoint, args.overrides, args.out)
-    except (CheckpointError, RecipeError, DatasetError, ValueError) as err:
-        print(f"mlit.eval: {err}", file=sys.stderr)
-        return 2
+    return run_command("mlit.eval", lambda: report(args))
+
+
+def report(args) -> int:
+    result = evaluate_file(args.checkpoint, args.overrides, args.out)
     if args.json:
         print(json.dumps({k: v for k, v in result.items()
                           if k not in ("confusion", "expert_share_per_class")}))

@@ -21,14 +21,15 @@ from pathlib import Path
 
 from mlit import modelfile
 from mlit.checkpoint import CheckpointError
-from mlit.config import RecipeError
-from mlit.files import DiskFull, write_bytes_atomic
+from mlit.cli import BadInput, output_file, run_command
+from mlit.files import write_bytes_atomic
 
 
 def export(source: str | Path, out: str | Path, encoder_only: bool = False) -> Path:
     from safetensors.torch import save
 
     mf = modelfile.read(source)
+    out = output_file(out, "the output file")
     state, kind = mf.state, mf.kind
     if encoder_only:
         state, kind = mf.encoder_state(), "encoder"
@@ -39,7 +40,6 @@ def export(source: str | Path, out: str | Path, encoder_only: bool = False) -> P
                 "model_config": json.dumps(config)}
     if mf.recipe is not None:
         metadata["recipe"] = json.dumps(mf.recipe)
-    out = Path(out)
     write_bytes_atomic(out, save({k: v.contiguous() for k, v in state.items()}, metadata))
     return out
 
@@ -52,17 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-only", action="store_true",
                         help="the encoder's weights alone (a backbone to fine-tune)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command("mlit.export", lambda: write(args))
+
+
+def write(args) -> int:
     if not args.out.endswith(".safetensors"):
-        print(f"mlit.export: {args.out}: the output must end in .safetensors", file=sys.stderr)
-        return 2
-    try:
-        path = export(args.checkpoint, args.out, args.encoder_only)
-    except (CheckpointError, RecipeError) as err:
-        print(f"mlit.export: {err}", file=sys.stderr)
-        return 2
-    except DiskFull as err:
-        print(f"mlit.export: {err}", file=sys.stderr)
-        return 1
+        raise BadInput(f"{args.out}: the output must end in .safetensors")
+    path = export(args.checkpoint, args.out, args.encoder_only)
     mf = modelfile.read(path)
     n = sum(t.numel() for t in mf.state.values())
     print(f"wrote {path}: {mf.name} ({mf.kind}), {len(mf.state)} tensors, {n:,} values")

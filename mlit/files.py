@@ -51,14 +51,31 @@ def disk_errors(path: str | Path):
         raise
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask would
+    set it for a moment, under the feet of TensorBoard's writer thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a synced temporary file and a rename."""
+    """Write `data` to `path` through a synced temporary file and a rename. The file gets
+    the mode any program's new file gets (0666 less the umask): mkstemp's 0600 would make a
+    run or an export unreadable to the rest of a shared server."""
     path = Path(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.",
                                    suffix=TMP_SUFFIX)
         try:
+            os.fchmod(fd, 0o666 & ~current_umask())
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -19,9 +19,9 @@ LOCK_NAME = ".lock"
 class FolderBusy(RuntimeError):
     """Another process holds the folder."""
 
-    def __init__(self, folder: Path, holder: str):
+    def __init__(self, folder: Path, holder: str, advice: str):
         super().__init__(f"{folder} is in use by {holder}")
-        self.folder, self.holder = folder, holder
+        self.folder, self.holder, self.advice = folder, holder, advice
 
 
 class FolderLock:
@@ -31,20 +31,21 @@ class FolderLock:
             ...train...
     """
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path,
+                 advice: str = "wait for it to finish, or choose another folder"):
+        self.folder, self.advice = Path(folder), advice  # what a FolderBusy tells the user
         self.path = self.folder / LOCK_NAME
         self.fd: int | None = None
 
     def acquire(self) -> "FolderLock":
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise FolderBusy(self.folder, holder or "another process") from None
+            raise FolderBusy(self.folder, holder or "another process", self.advice) from None
         # overwrite in place (no truncate first): a full disk cannot take the page away
         stamp = f"process {os.getpid()} on {socket.gethostname()}".encode()
         try:

@@ -21,13 +21,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pydantic import ValidationError
+
 from mlit import checkpoint as ckpt
+from mlit import records
 from mlit.checkpoint import CheckpointError
 from mlit.model_config import MLiTConfig
+from mlit.records import ExportMetadata
 from mlit.registry import CONFIGS
 
 CLASSIFIER_KINDS = ("finetune", "supervised")
-KINDS = ("pretrain", "simclr", *CLASSIFIER_KINDS, "encoder")
+KINDS = records.KINDS  # pretrain, simclr, finetune, supervised, encoder
 # the fields that tell model sizes apart, in the order a description names them
 SHAPE_FIELDS = ("embed_dim", "depth", "hidden_first", "hidden_last", "expert_stages",
                 "num_heads", "num_kv_groups", "image_size", "patch_size", "ffn", "shared")
@@ -70,11 +74,33 @@ class ModelFile:
 
 
 def config_from_fields(fields: dict, path: Path) -> MLiTConfig:
+    """The MLiTConfig a file describes; a field it does not have, or a value of the wrong
+    type or range, is a CheckpointError naming the field."""
     known = {f.name for f in dataclasses.fields(MLiTConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: model_config has fields mlit does not know "
+                              f"({', '.join(map(str, unknown[:5]))}); was it edited?")
     try:
-        return MLiTConfig(**{k: v for k, v in fields.items() if k in known})
+        return MLiTConfig(**fields)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its model config is invalid ({err})") from None
+        raise CheckpointError(f"{path}: model_config {err}") from None
+
+
+def check_finite(state: dict, path: Path) -> None:
+    """Weights with NaN or infinity give NaN everywhere: refuse them, naming the first."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            what = "NaN" if torch.isnan(tensor).any() else "infinity"
+            raise CheckpointError(f"{path}: tensor {name} holds {what}; the weights are "
+                                  "damaged (or training diverged before they were saved)")
+
+
+def check_name(name, path: Path) -> str:
+    if name != "custom" and name not in CONFIGS:
+        raise CheckpointError(f"{path}: model_name {name!r} is not a model mlit knows "
+                              f"({', '.join(CONFIGS)} or custom)")
+    return name
 
 
 def zoo_config(path: Path) -> dict | None:
@@ -82,7 +108,12 @@ def zoo_config(path: Path) -> dict | None:
     the zoo model folder (checkpoint_0000XY/model.pt -> ../config.json)."""
     config = path.parent.parent / "config.json"
     if config.is_file():
-        return json.loads(config.read_text()).get("model")
+        try:
+            model = json.loads(config.read_text()).get("model")
+        except (json.JSONDecodeError, AttributeError, OSError, UnicodeDecodeError):
+            raise CheckpointError(f"{config}: not the JSON object of a zoo model") from None
+        if isinstance(model, dict):
+            return {k: v for k, v in model.items() if k != "name"}
     return None
 
 
@@ -96,17 +127,25 @@ def find_recipe(path: Path) -> Path | None:
 
 
 def run_recipe(path: Path) -> dict | None:
-    """The resolved recipe of the run a checkpoint belongs to, as a settings tree."""
+    """The resolved recipe of the run a checkpoint belongs to, as a settings tree; None when
+    there is none, RecipeError naming the recipe.yaml when it cannot be used."""
     from mlit.config import RecipeError, parse_yaml
 
     found = find_recipe(path)
     if found is None:
         return None
     try:
-        tree = parse_yaml(found.read_text(errors="replace"), str(found))
-    except RecipeError:
-        return None
-    return tree if isinstance(tree, dict) else None
+        text = found.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not text"
+        raise RecipeError(f"{found} cannot be read ({why})") from None
+    tree = parse_yaml(text, str(found))  # RecipeError names the line
+    if tree is None:
+        raise RecipeError(f"{found} is empty: the run's recipe is gone; name the dataset "
+                          "with data.dataset=... (and data.root=...)")
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{found} is not a recipe (a YAML mapping of sections)")
+    return tree
 
 
 def infer_kind(state: dict) -> str:
@@ -128,8 +167,8 @@ def read_checkpoint(path: Path) -> ModelFile:
                               "with a 'model_config')")
     config = config_from_fields(fields, path)
     kind = obj.get("kind") or infer_kind(state)
-    return ModelFile(path, kind, obj.get("model_name") or guess_name(config), config, state,
-                     run_recipe(path))
+    name = check_name(obj["model_name"], path) if obj.get("model_name") else guess_name(config)
+    return ModelFile(path, kind, name, config, state, run_recipe(path))
 
 
 def read_safetensors(path: Path) -> ModelFile:
@@ -145,10 +184,15 @@ def read_safetensors(path: Path) -> ModelFile:
     if meta.get("format") != "mlit" or "model_config" not in meta:
         raise CheckpointError(f"{path} is not an mLiT export (its metadata has no mLiT "
                               "model config; was it written by python -m mlit.export?)")
-    config = config_from_fields(json.loads(meta["model_config"]), path)
-    recipe = json.loads(meta["recipe"]) if meta.get("recipe") else None
-    return ModelFile(path, meta.get("kind", infer_kind(state)),
-                     meta.get("model_name") or guess_name(config), config, state, recipe)
+    meta.setdefault("kind", infer_kind(state))
+    meta.setdefault("model_name", "custom")
+    try:
+        checked = ExportMetadata.model_validate(meta)
+    except ValidationError as err:
+        raise CheckpointError(f"{path}: metadata {records.where(err)}") from None
+    config = config_from_fields(checked.config, path)
+    name = guess_name(config) if checked.model_name == "custom" else checked.model_name
+    return ModelFile(path, checked.kind, name, config, state, checked.recipe)
 
 
 def read(path: str | Path) -> ModelFile:
@@ -159,6 +203,7 @@ def read(path: str | Path) -> ModelFile:
     mf = read_safetensors(path) if path.suffix == ".safetensors" else read_checkpoint(path)
     if mf.kind not in KINDS:
         raise CheckpointError(f"{path}: unknown model kind {mf.kind!r}")
+    check_finite(mf.state, path)
     return mf
 
 

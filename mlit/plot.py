@@ -23,16 +23,18 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mlit.files import DamagedFile, read_jsonl  # noqa: E402
+from mlit.cli import BadInput, output_folder, run_command  # noqa: E402
+from mlit.records import read_epochs  # noqa: E402
 
 PRETRAINING = ("pretrain", "simclr")
 
 
 def read_run(folder: Path) -> list[dict]:
+    """A run's epochs, every line checked (mlit.records.EpochRecord)."""
     for name in ("metrics.jsonl", "result.json"):
         if (folder / name).is_file():
-            return read_jsonl(folder / name)
-    raise FileNotFoundError(f"{folder}: no metrics.jsonl or result.json (not a run folder)")
+            return read_epochs(folder / name)
+    raise BadInput(f"{folder}: no metrics.jsonl or result.json (not a run folder)")
 
 
 def series(records: list[dict], stages, key: str) -> tuple[list[int], list[float]]:
@@ -69,8 +71,8 @@ def figure(path: Path, runs: dict[str, list[dict]], lines, title: str, ylabel: s
     return bool(drawn)
 
 
-def plot_runs(folders: list[Path], out: Path) -> list[Path]:
-    runs = {str(f): read_run(f) for f in folders}
+def plot_runs(runs: dict[str, list[dict]], out: Path) -> list[Path]:
+    """The figures of `runs` (name -> epoch records) into `out`; the paths written."""
     if len(runs) == 1:
         runs = {"": next(iter(runs.values()))}
     out.mkdir(parents=True, exist_ok=True)
@@ -101,17 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders (metrics.jsonl or result.json)")
     parser.add_argument("--out", help="default RUN_DIR/plots (one run) or ./plots")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command("mlit.plot", lambda: plot(args))
+
+
+def plot(args) -> int:
     folders = [Path(r) for r in args.runs]
+    runs = {str(f): read_run(f) for f in folders}  # checked before anything is written
     out = Path(args.out) if args.out else (folders[0] / "plots" if len(folders) == 1
                                            else Path("plots"))
-    try:
-        made = plot_runs(folders, out)
-    except (FileNotFoundError, DamagedFile) as err:
-        print(f"mlit.plot: {err}", file=sys.stderr)
-        return 2
+    made = plot_runs(runs, output_folder(out, "--out"))
     if not made:
-        print("mlit.plot: the runs have no epoch logged yet", file=sys.stderr)
-        return 2
+        raise BadInput("the runs have no epoch logged yet")
     print("wrote " + ", ".join(str(p) for p in made))
     return 0
 

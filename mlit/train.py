@@ -8,8 +8,10 @@ stage with checkpoint.pt (the last, written atomically), metrics.jsonl (one line
 tb/ (TensorBoard) and summary.json. Running the same command again resumes; one process at a
 time writes a run folder (a second one exits with the holder's PID).
 
-Exit status: 0 done; 1 a fault at run time (a non-finite loss, a full disk), with the last good
-checkpoint named; 2 bad input (recipe, dataset, checkpoint, busy folder), before any work.
+Exit status (mlit/cli.py): 0 done; 1 a fault at run time (a non-finite loss, a full disk),
+with the last good checkpoint named; 2 bad input (recipe, dataset, checkpoint, busy folder),
+before any work; 130 / 143 interrupted by SIGINT / SIGTERM, with where it stopped and the
+checkpoint the same command resumes from.
 """
 
 from __future__ import annotations
@@ -21,16 +23,13 @@ from pathlib import Path
 
 import torch
 
-from mlit import checkpoint as ckpt
 from mlit import modelfile
+from mlit.cli import Interrupted, run_command
 from mlit.config import (STAGE_ORDER, Recipe, RecipeError, Stage, build_recipe,
                          changed_fields, load_recipe, parse_yaml, recipe_to_yaml)
-from mlit.data.datasets import DatasetError
 from mlit.engine import NonFiniteLoss, select_device, select_precision
-from mlit.kernels.selfcheck import KernelFault
-from mlit.files import (DamagedFile, DiskFull, remove_orphans, write_json,
-                        write_text_atomic)
-from mlit.lock import FolderBusy, FolderLock
+from mlit.files import DiskFull, remove_orphans, write_json, write_text_atomic
+from mlit.lock import FolderLock
 from mlit.stage import StageRun
 from mlit.tensorboard import TensorBoard
 
@@ -91,14 +90,15 @@ def pretrained_encoder(recipe: Recipe, out: Path, stage: Stage) -> dict:
 def run(recipe: Recipe) -> dict:
     """Every stage of the recipe in order; returns (and writes) the summary."""
     out = output_dir(recipe)
-    with FolderLock(out):
+    with FolderLock(out, advice="wait for it to finish, or choose another train.out"):
         try:
             prepare_run_folder(out, recipe)
             return run_stages(recipe, out)
-        except DiskFull as err:
+        except (DiskFull, Interrupted) as err:
             if not err.last_good:  # failed outside a stage: name the newest checkpoint
                 saved = [out / k / "checkpoint.pt" for k in STAGE_ORDER]
-                err.last_good = next((str(p) for p in reversed(saved) if p.exists()), "")
+                err.last_good = next((str(p) for p in reversed(saved) if p.exists()),
+                                     "none yet" if isinstance(err, DiskFull) else "")
             raise
 
 
@@ -123,6 +123,14 @@ def run_stages(recipe: Recipe, out: Path) -> dict:
             except DiskFull as err:
                 err.last_good = stage_run.last_good()
                 raise
+            except Interrupted as err:  # Ctrl-C or SIGTERM: say where, and what resumes
+                err.where = f"in stage {kind} at epoch {stage_run.epoch + 1} of {stage.epochs}"
+                if stage_run.last_path.exists():
+                    err.last_good = stage_run.last_good()
+                else:
+                    err.resume = ("no checkpoint of this stage yet: run the same command "
+                                  "again to start it over")
+                raise
             summary["stages"][kind] = result
             if result.get("epoch", 0) < stage.epochs:  # stopped early by stop_after_epochs
                 summary["incomplete"] = kind
@@ -140,34 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    try:
-        recipe = load_recipe(argv[0], argv[1:])
-        summary = run(recipe)
-    except FolderBusy as err:
-        print(f"mlit.train: {err}: wait for it to finish, or choose another train.out",
-              file=sys.stderr)
-        return 2
-    except DiskFull as err:
-        last = err.last_good or "none yet"
-        print(f"mlit.train: {err}; the last good checkpoint is {last}", file=sys.stderr)
-        return 1
-    except (RecipeError, DatasetError, ckpt.CheckpointError, DamagedFile, ValueError) as err:
-        # ValueError: settings that only fail once the run starts (device, amp, batch size)
-        print(f"mlit.train: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as err:
-        print(f"mlit.train: {err} ({err.where}); stopped", file=sys.stderr)
-        return 1
-    except KernelFault as err:  # moe_impl=triton on a device where the kernel is wrong
-        print(f"mlit.train: {err}; stopped (moe_impl=auto would use torch there)",
-              file=sys.stderr)
-        return 1
-    except OSError as err:  # the machine refused a file: permissions, a lost mount, ...
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"mlit.train: {err.strerror or err}{where}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: v for k, v in summary.items() if k != "stages"}))
-    return 0
+
+    def body() -> int:
+        summary = run(load_recipe(argv[0], argv[1:]))
+        print(json.dumps({k: v for k, v in summary.items() if k != "stages"}))
+        return 0
+    return run_command("mlit.train", body)
 
 
 if __name__ == "__main__":

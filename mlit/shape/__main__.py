@@ -22,8 +22,12 @@ import json
 import sys
 from pathlib import Path
 
-from mlit.config import RecipeError
-from mlit.files import DamagedFile, read_jsonl, write_text_atomic
+from mlit.cli import BadInput, number, output_folder, run_command
+from mlit.files import read_jsonl, write_text_atomic
+from mlit.records import check_shape_points
+
+
+COMPUTE = number(float, 0, low_open=True)  # FLOPs
 
 
 def parse(argv):
@@ -41,15 +45,15 @@ def parse(argv):
             p.add_argument("--shard", default="0/1", help="i/n: the i-th of n slices")
             p.add_argument("--launcher", choices=["local", "ray"], default="local")
             p.add_argument("--ray-address", default=None)
-            p.add_argument("--ray-cpus", type=int, default=None)
+            p.add_argument("--ray-cpus", type=number(int, 1), default=None)
     f = sub.add_parser("fit", help="fit the scaling law of one dimension")
     f.add_argument("results")
     f.add_argument("--dim", required=True, help="d, L, h1, E_max or k (any key of the lines)")
-    f.add_argument("--compute", type=float, default=None, help="FLOPs for the optimal x")
+    f.add_argument("--compute", type=COMPUTE, default=None, help="FLOPs for the optimal x")
     f.add_argument("--json", action="store_true")
     r = sub.add_parser("report", help="fits, figures and the recommended shape")
     r.add_argument("sweep_dir")
-    r.add_argument("--compute", type=float, default=None)
+    r.add_argument("--compute", type=COMPUTE, default=None, help="FLOPs for the shape")
     r.add_argument("--out", default=None, help="default SWEEP_DIR/report")
     return parser.parse_args(argv)
 
@@ -59,9 +63,11 @@ def fit_command(args) -> int:
 
     path = Path(args.results)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such results file")
+        raise BadInput(f"{path}: no such results file")
+    records = read_jsonl(path)
+    check_shape_points(records, args.dim, path)
     try:
-        fit = fit_law(*points_for(read_jsonl(path), args.dim), dim=args.dim)
+        fit = fit_law(*points_for(records, args.dim), dim=args.dim)
     except UntrustedFit as err:
         if args.json:
             print(json.dumps({"dim": args.dim, "trusted": False, "reason": str(err)}))
@@ -84,21 +90,21 @@ def fit_command(args) -> int:
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.command == "fit":
-            return fit_command(args)
-        if args.command == "report":
-            from mlit.shape.report import write_report
+    return run_command("mlit.shape", lambda: COMMANDS[args.command](args))
 
-            result = write_report(args.sweep_dir, args.compute, args.out)
-            print(result["block"], end="")
-            print(f"wrote {result['out']}/report.md, results.jsonl, fits.json and a figure per "
-                  "dimension", file=sys.stderr)
-            return 0
-        return sweep_command(args)
-    except (RecipeError, ValueError, RuntimeError, FileNotFoundError, DamagedFile) as err:
-        print(f"mlit.shape: {err}", file=sys.stderr)
-        return 2
+
+def report_command(args) -> int:
+    from mlit.shape.report import read_sweep, write_report
+
+    if not Path(args.sweep_dir).is_dir():
+        raise BadInput(f"{args.sweep_dir}: no such sweep folder")
+    read_sweep(Path(args.sweep_dir))  # a sweep folder, before anything is written
+    out = output_folder(args.out or Path(args.sweep_dir) / "report", "--out")
+    result = write_report(args.sweep_dir, args.compute, out)
+    print(result["block"], end="")
+    print(f"wrote {result['out']}/report.md, results.jsonl, fits.json and a figure per "
+          "dimension", file=sys.stderr)
+    return 0
 
 
 def sweep_command(args) -> int:
@@ -107,6 +113,7 @@ def sweep_command(args) -> int:
     from mlit.shape.plan import plan
     from mlit.shape.recipe import load_sweep
     from mlit.shape.report import SWEEP_FILE
+    from mlit.zoo.__main__ import run_and_report
     from mlit.zoo.plan import parse_shard, shard
 
     sweep = load_sweep(args.recipe, args.overrides)
@@ -133,22 +140,15 @@ def sweep_command(args) -> int:
                 print(f"{r.path}  ({getattr(r.recipe, r.kind).epochs} epochs)")
             print(f"{len(runs)} runs", file=sys.stderr)
         return 0
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(sweep_dir, "--sweep-dir")
     write_text_atomic(sweep_dir / SWEEP_FILE,
                       yaml.safe_dump(sweep.model_dump(mode="json", exclude_none=True),
                                      sort_keys=False))
-    runs = shard(runs, *parse_shard(args.shard))
-    if args.launcher == "ray":
-        from mlit.zoo.launchers import run_ray
+    return run_and_report(sweep_dir, shard(runs, *parse_shard(args.shard)), args, "mlit.shape")
 
-        outcome = run_ray(sweep_dir, runs, args.ray_address, args.ray_cpus)
-    else:
-        from mlit.zoo.runner import run_local
 
-        outcome = run_local(sweep_dir, runs)
-    print(json.dumps({k: len(v) for k, v in outcome.items()}), file=sys.stderr)
-    return 1 if outcome.get("failed") else 3 if outcome.get("waiting") or \
-        outcome.get("busy") else 0
+COMMANDS = {"plan": sweep_command, "run": sweep_command, "status": sweep_command,
+            "fit": fit_command, "report": report_command}
 
 
 if __name__ == "__main__":

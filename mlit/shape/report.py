@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from mlit.config import model_settings  # noqa: E402
+from mlit.config import RecipeError, model_settings, parse_yaml, validate  # noqa: E402
 from mlit.files import write_json, write_jsonl  # noqa: E402
 from mlit.shape.fit import Fit, UntrustedFit, fit_law, points_for  # noqa: E402
 from mlit.shape.recipe import DIMS, ShapeSweep, shape_of, with_shape  # noqa: E402
@@ -33,9 +33,15 @@ SWEEP_FILE = "sweep.yaml"  # the resolved sweep recipe, written by `run`
 def read_sweep(sweep_dir: Path) -> ShapeSweep:
     path = sweep_dir / SWEEP_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{sweep_dir}: no {SWEEP_FILE} (not a sweep folder; "
-                                "python -m mlit.shape run writes it)")
-    return ShapeSweep.model_validate(yaml.safe_load(path.read_text()))
+        raise RecipeError(f"{sweep_dir}: no {SWEEP_FILE} (not a sweep folder; "
+                          "python -m mlit.shape run writes it)")
+    tree = parse_yaml(path.read_text(errors="replace"), str(path))
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: not a sweep recipe (a YAML mapping)")
+    try:
+        return validate(ShapeSweep, tree)
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
 
 
 def stage_images(model_dir: Path, config: dict) -> int:

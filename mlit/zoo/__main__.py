@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from mlit.cli import number, output_folder, run_command
 from mlit.config import RecipeError
 
 
@@ -36,94 +37,122 @@ def parse(argv):
     r.add_argument("--phase", choices=["all", "pretraining", "finetuning"], default="all")
     r.add_argument("--launcher", choices=["local", "ray"], default="local")
     r.add_argument("--ray-address", default=None, help="an existing cluster, e.g. auto")
-    r.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray cluster")
+    r.add_argument("--ray-cpus", type=number(int, 1), default=None,
+                   help="CPUs of a local Ray cluster")
     s = sub.add_parser("status", help="done / running / failed per run")
     s.add_argument("zoo_dir")
     s.add_argument("--json", action="store_true")
     a = sub.add_parser("analyze", help="diversity tables, averaging, soups, MoTHeR")
     a.add_argument("zoo_dir")
     a.add_argument("--out", help="default ZOO_DIR/analysis")
-    a.add_argument("--window", type=int, default=5, help="epochs to average")
-    a.add_argument("--mother-lambda", type=float, default=0.3)
-    a.add_argument("--mother-children", type=int, default=12,
+    a.add_argument("--window", type=number(int, 1), default=5, help="epochs to average")
+    a.add_argument("--mother-lambda", type=number(float, 0), default=0.3)
+    a.add_argument("--mother-children", type=number(int, 1), default=12,
                    help="descendants per backbone in each MoTHeR experiment (the paper's 12)")
-    a.add_argument("--min-acc", type=float, default=None,
+    a.add_argument("--min-acc", type=number(float, 0, 1), default=None,
                    help="keep fine-tunes whose final test accuracy (a fraction) reaches this, "
                         "as the paper's refined zoo (Table 2); default: all")
-    a.add_argument("--longitudinal-models", type=int, default=None,
+    a.add_argument("--longitudinal-models", type=number(int, 1), default=None,
                    help="limit Figure 3 to the first N fine-tunes (it evaluates every epoch)")
     a.add_argument("--device", default="auto")
-    a.add_argument("--batch-size", type=int, default=512)
+    a.add_argument("--batch-size", type=number(int, 1), default=512)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    return run_command("mlit.zoo", lambda: COMMANDS[args.command](args))
+
+
+def zoo_folder(path: str) -> Path:
+    if not Path(path).is_dir():
+        raise RecipeError(f"{path}: no such zoo folder")
+    return Path(path)
+
+
+def analyze(args) -> int:
+    from mlit.zoo.analysis import ZooAnalysis
+    from mlit.zoo.report import write_report
+
+    zoo_dir = zoo_folder(args.zoo_dir)
+    out = output_folder(args.out or zoo_dir / "analysis", "--out")
+    result = ZooAnalysis(zoo_dir, args.device, args.batch_size, args.window,
+                         args.mother_lambda, args.longitudinal_models, args.min_acc,
+                         args.mother_children).run()
+    report = write_report(result, out)
+    print(f"wrote {report} and {report.with_name('analysis.json')}")
+    return 0
+
+
+def status(args) -> int:
+    from mlit.zoo.layout import problem, summarize
+
+    zoo_dir = zoo_folder(args.zoo_dir)
+    states = summarize(zoo_dir)
+    if args.json:
+        print(json.dumps(states, indent=2))
+        return 0
+    total = sum(len(v) for v in states.values())
+    print(f"{zoo_dir}: {total} models; " + ", ".join(
+        f"{len(v)} {k}" for k, v in sorted(states.items())))
+    for state in ("failed", "interrupted", "running", "damaged"):
+        for path in states.get(state, []):
+            why = f": {problem(zoo_dir / path) or 'status.json is damaged'}" \
+                if state == "damaged" else ""
+            print(f"  {state:<11} {path}{why}")
+    return 0
+
+
+def plan_runs(args) -> int:
+    from mlit.zoo.plan import plan
+    from mlit.zoo.recipe import load_zoo_recipe
+
+    runs = plan(load_zoo_recipe(args.recipe, args.overrides))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs], indent=1))
+    else:
+        for r in runs:
+            print(r.path)
+        print(f"{len(runs)} runs", file=sys.stderr)
+    return 0
+
+
+def run(args) -> int:
     from mlit.zoo.plan import parse_shard, plan, shard
     from mlit.zoo.recipe import load_zoo_recipe
 
-    try:
-        if args.command in ("analyze", "status") and not Path(args.zoo_dir).is_dir():
-            raise RecipeError(f"{args.zoo_dir}: no such zoo folder")
-        if args.command == "analyze":
-            from mlit.zoo.analysis import ZooAnalysis
-            from mlit.zoo.report import write_report
+    zoo = load_zoo_recipe(args.recipe, args.overrides)
+    zoo_dir = output_folder(args.zoo_dir or Path("zoos") / zoo.name, "--zoo-dir")
+    runs = shard(plan(zoo, zoo_dir), *parse_shard(args.shard))
+    if args.phase != "all":
+        runs = [r for r in runs if (r.backbone is None) == (args.phase == "pretraining")]
+    return run_and_report(zoo_dir, runs, args, "mlit.zoo")
 
-            result = ZooAnalysis(args.zoo_dir, args.device, args.batch_size, args.window,
-                                 args.mother_lambda, args.longitudinal_models, args.min_acc,
-                                 args.mother_children).run()
-            report = write_report(result, args.out or Path(args.zoo_dir) / "analysis")
-            print(f"wrote {report} and {report.with_name('analysis.json')}")
-            return 0
-        if args.command == "status":
-            from mlit.zoo.layout import summarize
 
-            states = summarize(args.zoo_dir)
-            if args.json:
-                print(json.dumps(states, indent=2))
-            else:
-                total = sum(len(v) for v in states.values())
-                print(f"{args.zoo_dir}: {total} models; " + ", ".join(
-                    f"{len(v)} {k}" for k, v in sorted(states.items())))
-                for state in ("failed", "interrupted", "running"):
-                    for path in states.get(state, []):
-                        print(f"  {state:<11} {path}")
-            return 0
-        zoo = load_zoo_recipe(args.recipe, args.overrides)
-        if args.command == "plan":
-            runs = plan(zoo)
-            if args.json:
-                print(json.dumps([r.as_dict() for r in runs], indent=1))
-            else:
-                for r in runs:
-                    print(r.path)
-                print(f"{len(runs)} runs", file=sys.stderr)
-            return 0
-        zoo_dir = Path(args.zoo_dir or Path("zoos") / zoo.name)
-        runs = shard(plan(zoo, zoo_dir), *parse_shard(args.shard))
-        if args.phase != "all":
-            runs = [r for r in runs if (r.backbone is None) == (args.phase == "pretraining")]
-        if args.launcher == "ray":
-            from mlit.zoo.launchers import run_ray
+def run_and_report(folder: Path, runs, args, prog: str) -> int:
+    """Train the runs (one by one, or on Ray); exit status 1 if one failed, 3 if some are
+    left for another run (waiting for a backbone, or held by another runner)."""
+    if args.launcher == "ray":
+        from mlit.zoo.launchers import run_ray
 
-            outcome = run_ray(zoo_dir, runs, args.ray_address, args.ray_cpus)
-        else:
-            from mlit.zoo.runner import run_local
+        outcome = run_ray(folder, runs, args.ray_address, args.ray_cpus)
+    else:
+        from mlit.zoo.runner import run_local
 
-            outcome = run_local(zoo_dir, runs)
-    except (RecipeError, ValueError, RuntimeError) as err:
-        print(f"mlit.zoo: {err}", file=sys.stderr)
-        return 2
+        outcome = run_local(folder, runs)
     print(json.dumps({k: len(v) for k, v in outcome.items()}), file=sys.stderr)
     if outcome.get("busy"):
-        print(f"mlit.zoo: {len(outcome['busy'])} models are being trained by another runner; "
+        print(f"{prog}: {len(outcome['busy'])} models are being trained by another runner; "
               "skipped them", file=sys.stderr)
     if outcome.get("waiting"):
-        print(f"mlit.zoo: {len(outcome['waiting'])} fine-tunes wait for backbones that are "
+        print(f"{prog}: {len(outcome['waiting'])} fine-tunes wait for backbones that are "
               "not done (another shard's, or failed); run again once they are",
               file=sys.stderr)
     return 1 if outcome.get("failed") else 3 if outcome.get("waiting") or \
         outcome.get("busy") else 0
+
+
+COMMANDS = {"plan": plan_runs, "run": run, "status": status, "analyze": analyze}
 
 
 if __name__ == "__main__":

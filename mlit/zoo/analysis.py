@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,8 +104,12 @@ class ZooAnalysis:
         self.models: dict[str, ZooModel] = {}
         for model_dir in layout.model_dirs(self.zoo_dir):
             path = str(model_dir.relative_to(self.zoo_dir))
-            if layout.status(model_dir) != "done":
+            state = layout.status(model_dir)
+            if state != "done":
                 self.skipped.append(path)
+                if state == "damaged":
+                    why = layout.problem(model_dir) or f"{model_dir / 'status.json'} is damaged"
+                    print(f"warning: skipped {path}: {why}", file=sys.stderr)
                 continue
             cfg = json.loads((model_dir / "config.json").read_text())
             self.models[path] = ZooModel(path, model_dir, cfg, layout.read_results(model_dir),

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from mlit import checkpoint as ckpt
-from mlit.files import read_jsonl, write_json
+from mlit.files import DamagedFile, write_json
+from mlit.records import read_epochs
 
 
 def model_dirs(zoo_dir: str | Path) -> list[Path]:
@@ -20,7 +21,29 @@ def model_dirs(zoo_dir: str | Path) -> list[Path]:
 
 
 def read_results(model_dir: Path) -> list[dict]:
-    return read_jsonl(Path(model_dir) / "result.json")
+    """result.json, each line checked (mlit.records.EpochRecord); DamagedFile if not."""
+    return read_epochs(Path(model_dir) / "result.json")
+
+
+def problem(model_dir: Path) -> str | None:
+    """Why a model folder marked done cannot be analysed (a half-written or edited zoo), or
+    None. `zoo status` calls such a model damaged and `zoo analyze` skips it, naming why."""
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            return f"{model_dir / 'config.json'}: not the JSON object of a zoo model"
+        results = read_results(model_dir)
+    except DamagedFile as err:
+        return str(err)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{model_dir / 'config.json'}: cannot be read ({err})"
+    if not results:
+        return f"{model_dir / 'result.json'}: no epoch recorded"
+    stage = (config.get("recipe") or {}).get(config.get("stage"), {})
+    if stage.get("epoch_checkpoints") and not epochs_saved(model_dir):
+        return f"{model_dir}: no checkpoint_*/model.pt of any epoch"
+    return None
 
 
 def epochs_saved(model_dir: Path) -> list[int]:
@@ -50,19 +73,26 @@ def set_status(model_dir: Path, state: str, **extra) -> None:
 
 
 def status(model_dir: Path) -> str:
-    """done, running, failed, interrupted (a run that died without a word) or pending."""
+    """done, running, failed, interrupted (a run that died without a word), pending, or
+    damaged (its status.json, or the files of a done model, cannot be read: `problem`)."""
     path = Path(model_dir) / "status.json"
     if not path.exists():
         return "pending"
-    info = json.loads(path.read_text())
-    if info["state"] == "running" and info["host"] == socket.gethostname():
+    try:
+        info = json.loads(path.read_text())
+        state = info["state"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError):
+        return "damaged"
+    if state == "done" and problem(model_dir):
+        return "damaged"
+    if state == "running" and info.get("host") == socket.gethostname():
         try:
-            os.kill(info["pid"], 0)
-        except ProcessLookupError:
+            os.kill(int(info["pid"]), 0)
+        except (ProcessLookupError, KeyError, TypeError, ValueError):
             return "interrupted"
         except PermissionError:
             pass
-    return info["state"]
+    return state
 
 
 def summarize(zoo_dir: str | Path) -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from mlit import modelfile
+from mlit.cli import Interrupted
 from mlit.config import recipe_to_yaml
 from mlit.engine import select_precision
 from mlit.files import remove_orphans, write_json, write_text_atomic
@@ -69,6 +70,9 @@ def train_locked(model_dir: Path, run: ZooRun) -> str:
             result = stage_run.run()
         finally:
             writer.close(quiet=sys.exc_info()[0] is not None)
+    except Interrupted:  # Ctrl-C or SIGTERM: resumable, not failed
+        layout.set_status(model_dir, "interrupted")
+        raise
     except Exception as err:  # recorded for `zoo status`; the other runs go on
         layout.set_status(model_dir, "failed", error=f"{type(err).__name__}: {err}",
                           traceback=traceback.format_exc(limit=5))
@@ -91,12 +95,18 @@ def run_local(zoo_dir: str | Path, runs: list[ZooRun]) -> dict[str, list[str]]:
     (another shard's) are reported as waiting."""
     zoo_dir = Path(zoo_dir)
     outcome: dict[str, list[str]] = {}
-    for run in sorted(runs, key=lambda r: r.backbone is not None):
+    for i, run in enumerate(sorted(runs, key=lambda r: r.backbone is not None)):
         if not runnable(zoo_dir, run):
             state = "waiting"
         else:
             before = layout.status(zoo_dir / run.path)
-            state = run_one(zoo_dir, run)
+            try:
+                state = run_one(zoo_dir, run)
+            except Interrupted as err:
+                err.where = f"while training {run.path} (model {i + 1} of {len(runs)})"
+                err.resume = ("finished models are kept and this one resumes from its last "
+                              "epoch: run the same command again")
+                raise
             if before == "done":
                 state = "skipped"
         outcome.setdefault(state, []).append(run.path)
