@@ -74,8 +74,11 @@ def signals_as_interrupts():
 
 def error_line(err: BaseException) -> tuple[int, str] | None:
     """(exit status, line) for the errors the project raises on purpose; None for a bug."""
-    from mlit.checkpoint import CheckpointError
+    import torch
+
+    from mlit.checkpoint import CheckpointError, first_line
     from mlit.config import RecipeError
+    from mlit.distributed import PeerStopped, world
     from mlit.data.datasets import DatasetError
     from mlit.engine import NonFiniteLoss
     from mlit.files import DamagedFile, DiskFull
@@ -84,6 +87,13 @@ def error_line(err: BaseException) -> tuple[int, str] | None:
 
     if isinstance(err, Interrupted):
         return err.status, str(err)
+    if isinstance(err, PeerStopped):
+        return 2, str(err)
+    if isinstance(err, torch.distributed.DistError) or (
+            world().distributed and isinstance(err, RuntimeError)
+            and any(k in str(err) for k in ("gloo", "NCCL", "Connection closed"))):
+        return 1, (f"lost the other processes of the run ({first_line(err)}); the last "
+                   "checkpoint is kept: run the same command again to resume")
     if isinstance(err, DiskFull):
         last = f"; the last good checkpoint is {err.last_good}" if err.last_good else ""
         return 1, f"{err}{last}"
@@ -106,6 +116,8 @@ def error_line(err: BaseException) -> tuple[int, str] | None:
 def run_command(prog: str, body) -> int:
     """body() is the command's work and returns its exit status; what it raises on purpose
     becomes one line on stderr, `prog: ...`, and that error's status."""
+    from mlit.distributed import world
+
     with signals_as_interrupts():
         try:
             return body()
@@ -114,7 +126,8 @@ def run_command(prog: str, body) -> int:
             if known is None:
                 raise
             status, line = known
-            print(f"{prog}: {line}", file=sys.stderr)
+            w = world()  # under torchrun: which rank says it
+            print(f"{prog}{f' [{w}]' if w.distributed else ''}: {line}", file=sys.stderr)
             return status
 
 

@@ -109,13 +109,29 @@ class Stage(Strict):
 
 
 class Data(Strict):
-    dataset: Literal["cifar100", "cifar10", "svhn", "flowers102", "digits"] = "cifar100"
+    # folder: your own images, train/<class>/<image> and val/<class>/<image> under root
+    dataset: Literal["cifar100", "cifar10", "svhn", "flowers102", "digits", "folder"] = \
+        "cifar100"
     root: str = "data"
     download: bool = False
     num_workers: int = Field(2, ge=0)  # torchvision pipeline only
     # auto: the device pipeline (uint8 split on the GPU, batched augmentation) on CUDA, the
     # torchvision DataLoader elsewhere; torchvision suits datasets too large for GPU memory
     pipeline: Literal["auto", "torchvision", "device"] = "auto"
+    # normalisation; default: the dataset's own (a folder's: computed from its training split)
+    mean: Optional[tuple[float, float, float]] = None
+    std: Optional[tuple[float, float, float]] = None
+    # a folder dataset on the device pipeline is kept at stored_size x stored_size
+    # (default: twice model.image_size), so crops keep detail
+    stored_size: Optional[int] = Field(None, ge=8)
+
+    @model_validator(mode="after")
+    def _mean_and_std_together(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.mean and data.std: give both, or neither")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"data.std={list(self.std)}: must be positive")
+        return self
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlit.distributed import sum_over_ranks, world
 from mlit.encoder import MLiT, patchify, unpatchify
 from mlit.mae import MaskedAutoEncoder
 from mlit.moe import MoELayer
@@ -88,7 +89,12 @@ class StepTracker:
             raise NonFiniteLoss(step)
 
     def means(self) -> dict[str, float]:
-        return {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+        """Each part's mean over the epoch's steps; under torchrun, over every rank's."""
+        if not self.sums:
+            return {}
+        w = world()
+        sums = sum_over_ranks(torch.stack(list(self.sums.values())).double()) / w.size
+        return {k: float(v) / max(self.count, 1) for k, v in zip(self.sums, sums.tolist())}
 
 
 def to_device(images, device):
@@ -101,7 +107,8 @@ def to_device(images, device):
 def loss_parts(model: nn.Module, images, targets, label_smoothing: float = 0.0):
     """The stage's objective and its parts. Classifiers: CE + w_moe * L_moe; MAE: docs/architecture.md, 8;
     SimCLR: InfoNCE + w_moe * L_moe."""
-    kind = type(getattr(model, "_orig_mod", model))  # torch.compile wraps the module
+    module = unwrap(model)
+    kind = type(module)
     if kind is MaskedAutoEncoder:
         out = model(images)
         return {"loss": out.loss, "masked": out.masked_loss, "unmasked": out.unmasked_loss,
@@ -111,8 +118,14 @@ def loss_parts(model: nn.Module, images, targets, label_smoothing: float = 0.0):
         return {"loss": out.loss, "contrastive": out.contrastive_loss, "moe": out.moe_loss}
     logits, moe = model(images)
     ce = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
-    w_moe = model.cfg.moe_loss_weight
+    w_moe = module.cfg.moe_loss_weight
     return {"loss": ce + w_moe * moe, "ce": ce, "moe": moe}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
 
 
 def train_step(model, images, targets, optimizer, scaler, precision: Precision,
@@ -167,6 +180,11 @@ def eval_batches(model: nn.Module, loader, precision: Precision):
             yield targets, out
 
 
+# the losses eval_parts gives, per kind of model
+EVAL_KEYS = {MLiT: ("loss",), MaskedAutoEncoder: ("loss", "masked", "unmasked"),
+             SimCLR: ("loss",)}
+
+
 def eval_parts(model: nn.Module, targets: torch.Tensor, out) -> dict[str, torch.Tensor]:
     """The losses evaluate() averages, from one batch's output."""
     if isinstance(model, MLiT):
@@ -178,16 +196,23 @@ def eval_parts(model: nn.Module, targets: torch.Tensor, out) -> dict[str, torch.
 
 def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
     """Classifiers: top-1 accuracy (a fraction) and cross-entropy. MAE: its losses on a fixed
-    mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare."""
+    mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare.
+    Under torchrun each rank holds a shard of the split and the counts and sums are added
+    over the ranks, so the accuracy is the single process's exactly."""
+    keys = EVAL_KEYS[type(model)]
     total, correct = 0, 0
-    sums: dict[str, float] = {}
+    sums = dict.fromkeys(keys, 0.0)
     for targets, out in eval_batches(model, loader, precision):
         n = len(targets)
         for k, v in eval_parts(model, targets, out).items():
-            sums[k] = sums.get(k, 0.0) + float(v) * n
+            sums[k] += float(v) * n
         if isinstance(model, MLiT):
             correct += int((out[0].argmax(1) == targets).sum())
         total += n
+    on = precision.device if precision.device.type == "cuda" else "cpu"  # NCCL, or gloo
+    summed = sum_over_ranks(torch.tensor([total, correct, *sums.values()], dtype=torch.float64,
+                                         device=on)).tolist()
+    total, correct, sums = int(summed[0]), int(summed[1]), dict(zip(keys, summed[2:]))
     metrics = {k: v / total for k, v in sums.items()}
     if isinstance(model, MLiT):
         metrics = {"acc": correct / total, **metrics}

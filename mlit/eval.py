@@ -31,7 +31,7 @@ from mlit import modelfile
 from mlit.checkpoint import CheckpointError
 from mlit.cli import output_folder, run_command
 from mlit.config import Data, RecipeError, Train, parse_override, validate
-from mlit.data.datasets import INFO
+from mlit.data.datasets import dataset_info
 from mlit.data.loaders import eval_loader
 from mlit.encoder import MLiT
 from mlit.engine import eval_batches, eval_parts, select_precision
@@ -195,7 +195,9 @@ def evaluate_file(path: str | Path, overrides: list[str] = (), out: str | Path |
         raise CheckpointError(f"{mf.path} holds an encoder alone: there is no classifier "
                               "or decoder to evaluate")
     data, train, batch = settings(mf, list(overrides))
-    info = INFO[data.dataset]
+    if mf.normalization and data.mean is None:  # the file's: what the model was trained on
+        data = data.model_copy(update={k: tuple(v) for k, v in mf.normalization.items()})
+    info = dataset_info(data)
     if mf.kind in modelfile.CLASSIFIER_KINDS and mf.config.num_classes != info.num_classes:
         raise RecipeError(f"data.dataset={data.dataset}: has {info.num_classes} classes, the "
                           f"model in {mf.path} predicts {mf.config.num_classes}")
@@ -207,7 +209,8 @@ def evaluate_file(path: str | Path, overrides: list[str] = (), out: str | Path |
     loader = eval_loader(data, mf.config.image_size, batch, precision.device)
     result = {"checkpoint": str(mf.path), "model": mf.name, "kind": mf.kind,
               "dataset": data.dataset, **run_eval(model, loader, precision, info.num_classes)}
-    classes = class_names(loader, info.num_classes)
+    classes = mf.class_names or list(info.classes) or class_names(loader, info.num_classes)
+    result["classes"] = classes
     figures = []
     if "confusion" in result:
         plot_confusion(out / "confusion.png", result["confusion"], classes)
@@ -227,9 +230,14 @@ def summary_lines(r: dict) -> list[str]:
         acc = r["per_class_acc"]
         seen = [(a, i) for i, a in enumerate(acc) if a is not None]
         worst, best = min(seen), max(seen)
+        names = r.get("classes") or []
+
+        def name(i: int) -> str:
+            return f"class {i}: {names[i]}" if len(names) > i and names[i] != str(i) else \
+                f"class {i}"
         lines.append(f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
-        lines.append(f"per-class accuracy: lowest {worst[0]:.3f} (class {worst[1]}), highest "
-                     f"{best[0]:.3f} (class {best[1]})")
+        lines.append(f"per-class accuracy: lowest {worst[0]:.3f} ({name(worst[1])}), highest "
+                     f"{best[0]:.3f} ({name(best[1])})")
     else:
         parts = "  ".join(f"{k} {r[k]:.4f}" for k in ("loss", "masked", "unmasked") if k in r)
         lines.append(parts)

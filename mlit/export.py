@@ -40,6 +40,10 @@ def export(source: str | Path, out: str | Path, encoder_only: bool = False) -> P
                 "model_config": json.dumps(config)}
     if mf.recipe is not None:
         metadata["recipe"] = json.dumps(mf.recipe)
+    if mf.class_names:
+        metadata["class_names"] = json.dumps(mf.class_names)
+    if mf.normalization:
+        metadata["normalization"] = json.dumps(mf.normalization)
     write_bytes_atomic(out, save({k: v.contiguous() for k, v in state.items()}, metadata))
     return out
 

@@ -60,6 +60,8 @@ class ModelFile:
     config: MLiTConfig
     state: dict[str, torch.Tensor]
     recipe: dict | None = None  # the resolved recipe the weights were trained with, if known
+    class_names: list[str] | None = None  # the training split's, for a folder dataset
+    normalization: dict | None = None  # {"mean": [...], "std": [...]} of the inputs
 
     @property
     def description(self) -> str:
@@ -168,7 +170,8 @@ def read_checkpoint(path: Path) -> ModelFile:
     config = config_from_fields(fields, path)
     kind = obj.get("kind") or infer_kind(state)
     name = check_name(obj["model_name"], path) if obj.get("model_name") else guess_name(config)
-    return ModelFile(path, kind, name, config, state, run_recipe(path))
+    return ModelFile(path, kind, name, config, state, run_recipe(path),
+                     obj.get("class_names"), obj.get("normalization"))
 
 
 def read_safetensors(path: Path) -> ModelFile:
@@ -192,7 +195,9 @@ def read_safetensors(path: Path) -> ModelFile:
         raise CheckpointError(f"{path}: metadata {records.where(err)}") from None
     config = config_from_fields(checked.config, path)
     name = guess_name(config) if checked.model_name == "custom" else checked.model_name
-    return ModelFile(path, checked.kind, name, config, state, checked.recipe)
+    return ModelFile(path, checked.kind, name, config, state, checked.recipe,
+                     checked.class_names,
+                     checked.normalization.model_dump() if checked.normalization else None)
 
 
 def read(path: str | Path) -> ModelFile:

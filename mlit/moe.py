@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlit.dispatch import SHARED, expert_mixture
+from mlit.distributed import global_sum
 
 
 def cv_squared(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -63,11 +64,14 @@ class NoisyTopKGate(nn.Module):
             top_k_gates = F.softmax(top_vals[:, :k], dim=1)
             gates = torch.zeros_like(logits).scatter(1, top_idx[:, :k], top_k_gates)
 
-            importance = gates.sum(0)
+            # sums over the global batch: under torchrun every rank's tokens count
+            # (docs/distributed.md), so the losses are those of one process at that batch
+            importance = global_sum(gates.sum(0))
             if use_noise and k < self.num_experts:
                 load = self.load_probability(clean, logits, noise_std, top_vals).sum(0)
             else:  # without noise the load is the (non-differentiable) routed count
                 load = (gates > 0).float().sum(0)
+            load = global_sum(load)
             aux = (self.importance_weight * cv_squared(importance, self.cv_epsilon)
                    + self.load_weight * cv_squared(load, self.cv_epsilon))
         return gates, aux, (gates > 0).sum(0).detach()

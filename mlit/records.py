@@ -84,6 +84,12 @@ def check_shape_points(records: list[dict], dim: str, path) -> None:
             raise DamagedFile(f"{path}: line {i + 1}: {dim}={x!r}: must be a positive number")
 
 
+class Normalization(BaseModel):
+    """The mean and std (per RGB channel) the model's inputs were normalised with."""
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
 class ExportMetadata(BaseModel):
     """The metadata an export carries (python -m mlit.export): all strings in the file."""
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -92,6 +98,18 @@ class ExportMetadata(BaseModel):
     model_name: str
     config: dict = Field(alias="model_config")
     recipe: Optional[dict] = None
+    class_names: Optional[list[str]] = None
+    normalization: Optional[Normalization] = None
+
+    @field_validator("class_names", "normalization", mode="before")
+    @classmethod
+    def _json(cls, text):
+        if text is None or not isinstance(text, str):
+            return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not JSON ({err})") from None
 
     @field_validator("config", "recipe", mode="before")
     @classmethod

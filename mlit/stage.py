@@ -16,8 +16,9 @@ from tqdm import tqdm
 from mlit import checkpoint as ckpt
 from mlit import modelfile
 from mlit.config import Recipe, Stage
-from mlit.data.datasets import INFO
+from mlit.data.datasets import dataset_info
 from mlit.dispatch import check_before_compile
+from mlit.distributed import world
 from mlit.data.loaders import epoch_seed, eval_loader, train_loader
 from mlit.data.transforms import batch_mixing
 from mlit.encoder import MLiT, build_head
@@ -32,7 +33,7 @@ from mlit.simclr import SimCLR
 def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dict | None):
     """The stage's model. Classifier heads may draw from their own seed, so two runs that
     differ only in `head_seed` start from identical encoders and different heads."""
-    extra = {"num_classes": INFO[recipe.data.dataset].num_classes}
+    extra = {"num_classes": dataset_info(recipe.data).num_classes}
     if stage.head:
         extra["head"] = stage.head
     cfg = recipe.model_settings(**extra)
@@ -51,6 +52,20 @@ def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dic
     return model
 
 
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun, the model itself alone. Every expert's weights
+    are one stacked tensor, so a rank whose tokens skip an expert still gives that tensor a
+    gradient (zero in the expert's slice); only the gate's noise weights go unused, when
+    noisy gating is off, and DDP is told so (docs/distributed.md)."""
+    if not world().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None,
+                                   find_unused_parameters=not model.cfg.noisy_gating)
+
+
 class StageRun:
     """One stage: its model, optimiser, schedule, loaders, checkpoints and logs. The zoo
     places a run's files with `stage_dir` and `metrics_path`."""
@@ -62,15 +77,18 @@ class StageRun:
         self.dir = stage_dir or out / kind
         self.metrics_path = metrics_path or out / "metrics.jsonl"
         self.writer = writer
+        self.world = world()  # under torchrun: rank 0 alone writes (save, write_record)
         self.model = build_stage_model(recipe, kind, stage, encoder_init).to(precision.device)
         self.optimizer = build_optimizer(self.model, stage)
         self.scaler = precision.scaler()
-        # the training step may run a compiled copy; checkpoints and evaluation use the module
+        # the training step may run a DDP and compiled copy; checkpoints and evaluation use
+        # the module itself
         if recipe.train.compile:
             check_before_compile(self.model.cfg.moe_impl, self.model.cfg.shared,
                                  precision.device, precision.dtype)
-        self.step_model = (torch.compile(self.model, mode=recipe.train.compile_mode)
-                           if recipe.train.compile else self.model)
+        self.step_model = data_parallel(self.model, precision.device)
+        if recipe.train.compile:
+            self.step_model = torch.compile(self.step_model, mode=recipe.train.compile_mode)
         size, device = self.model.cfg.image_size, precision.device
         classifier = isinstance(self.model, MLiT)
         simclr = kind == "simclr"
@@ -96,11 +114,16 @@ class StageRun:
 
     def model_record(self) -> dict:
         """What any file holding this stage's weights carries to rebuild the model alone."""
+        info = dataset_info(self.recipe.data)
         return {"model": self.model.state_dict(), "kind": self.kind,
                 "model_name": self.recipe.model["name"], "model_config": vars(self.model.cfg),
-                "epoch": self.epoch}
+                "epoch": self.epoch, "class_names": list(info.classes) or None,
+                "normalization": {"mean": list(info.mean), "std": list(info.std)}}
 
     def save(self) -> None:
+        if not self.world.writer:
+            self.saved_epoch = self.epoch
+            return
         state = {**self.model_record(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "step": self.step,
                  "rng": ckpt.rng_state(), "result": self.result}
@@ -109,7 +132,8 @@ class StageRun:
 
     def save_epoch_checkpoint(self) -> None:
         """The zoo keeps every epoch's weights: checkpoint_0000XY/model.pt."""
-        ckpt.save_atomic(self.model_record(), ckpt.epoch_path(self.dir, self.epoch))
+        if self.world.writer:
+            ckpt.save_atomic(self.model_record(), ckpt.epoch_path(self.dir, self.epoch))
 
     def last_good(self) -> str:
         """The checkpoint a rerun would resume from, for error messages."""
@@ -137,7 +161,7 @@ class StageRun:
     def truncate_metrics(self, after: int) -> None:
         """Drop this stage's metric lines of epochs after `after`, written by a run that was
         killed before its next checkpoint."""
-        if self.metrics_path.exists():  # rewritten whole: also drops a partial last line
+        if self.world.writer and self.metrics_path.exists():  # rewritten whole: also drops a partial last line
             keep = [r for r in read_jsonl(self.metrics_path)
                     if not (r.get("stage") == self.kind and r.get("epoch", 0) > after)]
             if jsonl_text(keep) != self.metrics_path.read_text(errors="replace"):
@@ -147,8 +171,9 @@ class StageRun:
     def run_epoch(self, bar) -> dict:
         self.model.train()
         seed = epoch_seed(self.recipe.train.seed, self.kind, self.epoch)
-        ckpt.seed_everything(seed)  # augmentation, masking, gate noise, dropout
-        self.train_loader.generator.manual_seed(seed)  # shuffling and worker seeds
+        # augmentation, masking, gate noise, dropout: each rank its own draws
+        ckpt.seed_everything(seed + 1_000_003 * self.world.rank)
+        self.train_loader.generator.manual_seed(seed)  # the global order, worker seeds
         tracker, device = StepTracker(), self.precision.device
         for images, targets in self.train_loader:
             images = to_device(images, device)
@@ -186,7 +211,7 @@ class StageRun:
         for k, v in metrics.items():
             self.writer.add_scalar(f"{self.kind}/{k}", v, self.step)
         if self.kind == "pretrain":
-            info = INFO[self.recipe.data.dataset]
+            info = dataset_info(self.recipe.data)
             images = next(iter(self.test_loader))[0][:8].to(self.precision.device)
             grid = reconstruction_grid(self.model, images, info.mean, info.std)
             from torchvision.utils import make_grid
@@ -195,7 +220,8 @@ class StageRun:
         return metrics
 
     def write_record(self, record: dict) -> None:
-        append_jsonl(self.metrics_path, record)
+        if self.world.writer:
+            append_jsonl(self.metrics_path, record)
 
     def record_start(self) -> None:
         """Epoch 0: the model before any training (zoo)."""
@@ -207,12 +233,14 @@ class StageRun:
     def run(self) -> dict:
         """Train the remaining epochs; returns the stage's result."""
         if self.resume():
-            print(f"[{self.kind}] complete at epoch {self.epoch}, skipping", file=sys.stderr)
+            if self.world.writer:
+                print(f"[{self.kind}] complete at epoch {self.epoch}, skipping",
+                      file=sys.stderr)
             return {**self.result, "epoch": self.epoch}
         stop_after = self.recipe.train.stop_after_epochs
         last_epoch = min(self.stage.epochs, self.epoch + stop_after if stop_after else 10**9)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.kind, unit="step",
-                   disable=not self.recipe.train.progress, dynamic_ncols=True, mininterval=2)
+                   disable=not (self.recipe.train.progress and self.world.writer), dynamic_ncols=True, mininterval=2)
         start = time.time()
         if self.epoch == 0 and self.stage.eval_at_start:
             self.record_start()
@@ -231,9 +259,11 @@ class StageRun:
                 if self.stage.epoch_checkpoints:
                     self.save_epoch_checkpoint()
                 self.write_record(record)
-                bar.write(f"[{self.kind}] epoch {self.epoch}/{self.stage.epochs} " + " ".join(
-                    f"{k}={v:.4g}" for k, v in record.items()
-                    if k.startswith(("train_loss", "test_")) or k == "train_lr"))
+                if self.world.writer:
+                    bar.write(f"[{self.kind}] epoch {self.epoch}/{self.stage.epochs} "
+                              + " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                         if k.startswith(("train_loss", "test_"))
+                                         or k == "train_lr"))
                 if done or self.epoch % self.stage.checkpoint_every == 0 \
                         or self.epoch == last_epoch:
                     self.save()

@@ -27,15 +27,19 @@ def _quiet_writer_threads(args) -> None:
 class TensorBoard:
     """SummaryWriter(folder) with add_scalar, add_scalars, add_image, flush and close."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, enabled: bool = True):
+        """enabled=False: every call does nothing (the ranks other than 0 of a torchrun)."""
         from torch.utils.tensorboard import SummaryWriter
 
-        threading.excepthook = _quiet_writer_threads
-        self.folder = Path(folder)
-        with disk_errors(self.folder):
-            self.writer = SummaryWriter(str(self.folder))
+        self.folder, self.writer = Path(folder), None
+        if enabled:
+            threading.excepthook = _quiet_writer_threads
+            with disk_errors(self.folder):
+                self.writer = SummaryWriter(str(self.folder))
 
     def _call(self, name: str, *args, **kwargs):
+        if self.writer is None:
+            return None
         with disk_errors(self.folder):
             return getattr(self.writer, name)(*args, **kwargs)
 

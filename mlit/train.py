@@ -16,6 +16,7 @@ checkpoint the same command resumes from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -23,12 +24,14 @@ from pathlib import Path
 
 import torch
 
-from mlit import modelfile
+from mlit import distributed, modelfile
 from mlit.cli import Interrupted, run_command
 from mlit.config import (STAGE_ORDER, Recipe, RecipeError, Stage, build_recipe,
                          changed_fields, load_recipe, parse_yaml, recipe_to_yaml)
 from mlit.engine import NonFiniteLoss, select_device, select_precision
-from mlit.files import DiskFull, remove_orphans, write_json, write_text_atomic
+from mlit.data.datasets import DatasetInvalid, dataset_info
+from mlit.data.folder import checked_layout
+from mlit.files import DamagedFile, DiskFull, remove_orphans, write_json, write_text_atomic
 from mlit.lock import FolderLock
 from mlit.stage import StageRun
 from mlit.tensorboard import TensorBoard
@@ -39,7 +42,8 @@ def output_dir(recipe: Recipe) -> Path:
 
 
 # -- the run folder -----------------------------------------------------------------------
-RUN_FILES = ("metrics.jsonl", "summary.json")
+DATA_STATS = "data_stats.json"  # a folder dataset's classes and normalisation
+RUN_FILES = ("metrics.jsonl", "summary.json", DATA_STATS)
 
 
 def saved_recipe(path: Path) -> Recipe:
@@ -87,12 +91,65 @@ def pretrained_encoder(recipe: Recipe, out: Path, stage: Stage) -> dict:
     return modelfile.encoder_for(source, recipe.model_settings(), recipe.model["name"], key)
 
 
+def settle_data(recipe: Recipe, out: Path) -> Recipe:
+    """A folder dataset's classes and normalisation, fixed for the whole run: rank 0 reads
+    them from data_stats.json (a resumed run) or works them out (dataset_info) and writes
+    it; every rank then uses rank 0's. A classifying stage on unlabeled images stops here."""
+    data = recipe.data
+    if data.dataset != "folder":
+        return recipe
+
+    def stats() -> dict:
+        checked_layout(data.root)  # the layout, before anything is computed or written
+        path = out / DATA_STATS
+        if data.mean is None and path.is_file():
+            found = read_json_object(path)
+            source = f"{path} ({found.get('source', 'an earlier start')})"
+        else:
+            info = dataset_info(data)
+            found = {"classes": list(info.classes), "mean": list(info.mean),
+                     "std": list(info.std), "source": info.stats,
+                     "train_images": info.train_size}
+            write_json(path, found)
+            source = info.stats
+        print(f"data: {data.root}: {found['train_images']} training images, "
+              f"{len(found['classes']) or 'no'} classes; normalisation {source}",
+              file=sys.stderr)
+        return found
+
+    found = distributed.on_rank0(stats)
+    classifier = [k for k, _ in recipe.stages() if k in ("finetune", "supervised")]
+    if classifier and not found["classes"]:
+        raise DatasetInvalid(f"{data.root}/train: images without class folders serve MAE or "
+                             f"SimCLR pre-training only; the {classifier[0]} stage needs "
+                             "train/<class>/<image>")
+    update = {"mean": tuple(found["mean"]), "std": tuple(found["std"])}
+    return recipe.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def read_json_object(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedFile(f"{path} cannot be read back ({err}); delete it to compute the "
+                          "statistics again") from None
+    if not isinstance(found, dict) or not {"classes", "mean", "std"} <= set(found):
+        raise DamagedFile(f"{path}: not the statistics mlit.train writes; delete it to "
+                          "compute them again")
+    return found
+
+
 def run(recipe: Recipe) -> dict:
-    """Every stage of the recipe in order; returns (and writes) the summary."""
+    """Every stage of the recipe in order; returns (and writes) the summary. Under torchrun
+    every rank trains and rank 0 alone holds the folder and writes (docs/distributed.md)."""
+    w = distributed.init(recipe.train.device)
     out = output_dir(recipe)
-    with FolderLock(out, advice="wait for it to finish, or choose another train.out"):
+    lock = (FolderLock(out, advice="wait for it to finish, or choose another train.out")
+            if w.writer else contextlib.nullcontext())
+    with lock:
         try:
-            prepare_run_folder(out, recipe)
+            distributed.on_rank0(lambda: prepare_run_folder(out, recipe))
+            recipe = settle_data(recipe, out)
             return run_stages(recipe, out)
         except (DiskFull, Interrupted) as err:
             if not err.last_good:  # failed outside a stage: name the newest checkpoint
@@ -105,11 +162,13 @@ def run(recipe: Recipe) -> dict:
 def run_stages(recipe: Recipe, out: Path) -> dict:
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    precision = select_precision(select_device(recipe.train.device), recipe.train.amp)
+    w = distributed.world()
+    device = distributed.device_of(select_device(recipe.train.device))
+    precision = select_precision(device, recipe.train.amp)
     summary: dict = {"recipe": recipe.name, "device": str(precision.device),
                      "dtype": str(precision.dtype).removeprefix("torch."), "stages": {}}
     encoder_init = None
-    writer = TensorBoard(out / "tb")
+    writer = TensorBoard(out / "tb", enabled=w.writer)
     try:
         for kind, stage in recipe.stages():
             if kind == "finetune":
@@ -131,6 +190,7 @@ def run_stages(recipe: Recipe, out: Path) -> dict:
                     err.resume = ("no checkpoint of this stage yet: run the same command "
                                   "again to start it over")
                 raise
+            distributed.barrier()  # rank 0's last checkpoint is written: the next stage reads it
             summary["stages"][kind] = result
             if result.get("epoch", 0) < stage.epochs:  # stopped early by stop_after_epochs
                 summary["incomplete"] = kind
@@ -139,7 +199,8 @@ def run_stages(recipe: Recipe, out: Path) -> dict:
         writer.close(quiet=sys.exc_info()[0] is not None)
     last = summary["stages"][next(reversed(summary["stages"]))]
     summary.update({k: v for k, v in last.items() if k.startswith("test_")})
-    write_json(out / "summary.json", summary)
+    if w.writer:
+        write_json(out / "summary.json", summary)
     return summary
 
 
@@ -151,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         summary = run(load_recipe(argv[0], argv[1:]))
-        print(json.dumps({k: v for k, v in summary.items() if k != "stages"}))
+        if distributed.world().writer:
+            print(json.dumps({k: v for k, v in summary.items() if k != "stages"}))
         return 0
-    return run_command("mlit.train", body)
+    try:
+        return run_command("mlit.train", body)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +220,8 @@ class DatasetInfo:
     std: tuple[float, float, float]
     where: str  # what must be under data.root
     train_size: int  # images in the training split (the shape sweep plans epochs with it)
+    classes: tuple[str, ...] = ()  # class names, where the dataset has them (folders)
+    stats: str = "the dataset's published statistics"  # where mean and std come from
 
 
 INFO = {
@@ -233,6 +235,29 @@ INFO = {
                               "flowers-102/", 1_020),
     "digits": DatasetInfo(10, (0.3053,) * 3, (0.3760,) * 3, "nothing (bundled)", 1_437),
 }
+
+
+def dataset_info(data) -> DatasetInfo:
+    """The recipe's dataset (`data`, a config.Data): classes, normalisation, size. A folder
+    dataset is scanned (and checked) here; its mean and std, unless the recipe gives them,
+    come from its training split (folder.statistics)."""
+    from mlit.data import folder
+
+    if data.dataset == "folder":
+        layout = folder.scan(data.root)
+        if data.mean is not None:
+            mean, std, stats = data.mean, data.std, "data.mean and data.std"
+        else:
+            mean, std, n = folder.statistics(data.root)
+            stats = f"computed from {n} training images"
+        return DatasetInfo(max(1, len(layout.classes)), tuple(mean), tuple(std),
+                           "train/<class>/<image> and val/<class>/<image>", len(layout.train),
+                           layout.classes, stats)
+    info = INFO[data.dataset]
+    if data.mean is not None:
+        info = replace(info, mean=tuple(data.mean), std=tuple(data.std),
+                       stats="data.mean and data.std")
+    return info
 
 
 def source_url(name: str, train: bool) -> str:
@@ -249,6 +274,9 @@ def build_dataset(name: str, root: str, train: bool, transform, download: bool =
     remedy (DatasetMissing: where to put it; DatasetInvalid: which file is damaged)."""
     if name == "digits":
         return Digits(train=train, transform=transform)
+    if name == "folder":
+        from mlit.data.folder import FolderImages
+        return FolderImages(root, train, transform)
     kw = dict(root=root, transform=transform, download=download)
     try:
         if name == "cifar100":

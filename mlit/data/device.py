@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 
 from mlit.config import Augment
 from mlit.data.transforms import POLICIES, color_jitter
+from mlit.distributed import World
 
 
 def decode(dataset, transform) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -216,15 +217,17 @@ class DeviceLoader:
                  batch_size: int,
                  image_size: int, mean, std, augment: Augment | None = None,
                  shuffle: bool = True, drop_last: bool = True, two_views: bool = False,
-                 group_size: int = 16):
-        self.images, self.labels = images, labels
+                 group_size: int = 16, world: World = World()):
+        """batch_size is the global batch; each rank yields its world-th share of each."""
+        self.images, self.labels, self.world = images, labels, world
         self.batch_size, self.image_size = batch_size, image_size
         self.augment, self.shuffle, self.drop_last = augment, shuffle, drop_last
         self.two_views, self.group_size = two_views, group_size
         device = labels.device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
-        self.generator = torch.Generator(device=device)
+        self.generator = torch.Generator(device=device)  # order (and, alone, augmentation)
+        self.aug_generator = self.generator
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -233,32 +236,35 @@ class DeviceLoader:
     def transform(self, batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         aug = self.augment
         if isinstance(batch, list):  # images of many sizes: crop each, then the rest
-            batch = crop_resize_each(batch, self.image_size, aug, self.generator)
+            batch = crop_resize_each(batch, self.image_size, aug, self.aug_generator)
             if aug is not None:
                 aug = aug.model_copy(update={"random_resized_crop": False})
-        x = geometric(batch, self.image_size, aug, self.generator)
+        x = geometric(batch, self.image_size, aug, self.aug_generator)
         if aug is not None and (aug.color_jitter or aug.grayscale or aug.auto_augment):
             x = x.round_().clamp_(0, 255).to(torch.uint8)
             if aug.color_jitter:
                 x = per_group(x, color_jitter(aug.color_jitter), self.group_size)
             if aug.grayscale:
                 gray = v2.functional.rgb_to_grayscale(x, num_output_channels=3)
-                pick = torch.rand(len(x), generator=self.generator, device=x.device) < aug.grayscale
+                pick = torch.rand(len(x), generator=self.aug_generator, device=x.device) < aug.grayscale
                 x = torch.where(pick.view(-1, 1, 1, 1), gray, x)
             if aug.auto_augment:
                 x = per_group(x, v2.AutoAugment(POLICIES[aug.auto_augment]), self.group_size)
             x = x.float()
         x = (x - self.mean) / self.std
         if aug is not None and aug.random_erasing:
-            x = random_erasing(x, aug.random_erasing, self.generator)
+            x = random_erasing(x, aug.random_erasing, self.aug_generator)
         return x
 
     def __iter__(self):
-        n, device = len(self.images), self.labels.device
+        n, device, w = len(self.images), self.labels.device, self.world
         order = (torch.randperm(n, generator=self.generator, device=device)
                  if self.shuffle else torch.arange(n, device=device))
+        if w.distributed:  # one order for every rank; augmentation of each rank its own
+            seed = int(torch.randint(2**62, (1,), generator=self.generator, device=device))
+            self.aug_generator = torch.Generator(device=device).manual_seed(seed + w.rank)
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size][w.rank::w.size]
             if isinstance(self.images, list):
                 batch = [self.images[i] for i in idx.tolist()]
             else:

@@ -10,55 +10,138 @@ reseeded every epoch, so a resumed run sees exactly the batches of an uninterrup
 from __future__ import annotations
 
 import functools
+import random
+import sys
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler, Subset
+from torchvision.transforms import v2
 
 from mlit.config import Augment, Data
-from mlit.data.datasets import INFO, build_dataset
-from mlit.data.device import DeviceLoader, dataset_to_ragged, dataset_to_uint8, has_arrays
+from mlit.data.datasets import build_dataset, dataset_info
+from mlit.data.device import (DeviceLoader, dataset_to_ragged, dataset_to_uint8, decode,
+                              has_arrays)
+from mlit.data.folder import CheckedLoader
 from mlit.data.transforms import TwoViews, eval_transform, train_transform
+from mlit.distributed import World, world
+
+
+class GlobalOrderSampler(Sampler[int]):
+    """One order of the training split per epoch (from `generator`, which the runner reseeds
+    from (seed, epoch)), the same on every rank; of each global batch of `global_batch`
+    images, rank r takes every world-th from the r-th (docs/distributed.md). With one
+    process it is a plain shuffle that drops the last partial batch."""
+
+    def __init__(self, n: int, global_batch: int, world: World, generator: torch.Generator):
+        self.n, self.global_batch, self.world, self.generator = n, global_batch, world, generator
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch * self.global_batch // self.world.size
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator)
+        usable = order[: self.n // self.global_batch * self.global_batch]
+        yield from usable[self.world.rank::self.world.size].tolist()
+
+
+def rank_worker_seed(worker_id: int) -> None:
+    """DataLoader workers of different ranks draw different augmentations."""
+    seed = (torch.initial_seed() + 1_000_003 * world().rank) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def shard(n: int, w: World) -> range:
+    """This rank's contiguous part of an evaluation split: unpadded, every image once."""
+    return range(w.rank * n // w.size, (w.rank + 1) * n // w.size)
 
 
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + sum(map(ord, stage)) * 10_007 + epoch) % (2**63)
 
 
-def use_device_pipeline(data: Data, device: torch.device) -> bool:
-    return data.pipeline == "device" or (data.pipeline == "auto" and device.type == "cuda")
+def use_device_pipeline(data: Data, device: torch.device, image_size: int = 0) -> bool:
+    if data.pipeline != "auto" or device.type != "cuda":
+        return data.pipeline == "device"
+    if data.dataset != "folder":
+        return True
+    return folder_fits(data.root, stored_size(data, image_size), data.num_workers, device,
+                       image_size)
+
+
+def stored_size(data: Data, image_size: int) -> int:
+    return data.stored_size or 2 * image_size
+
+
+@functools.lru_cache(maxsize=8)
+def folder_fits(root: str, side: int, workers: int, device: torch.device,
+                image_size: int) -> bool:
+    """Whether a folder dataset at its stored size takes at most half the GPU's free memory
+    (the device pipeline), or not (the torchvision DataLoader); says which, once."""
+    from mlit.data.folder import scan
+
+    layout = scan(root)
+    need = 3 * (len(layout.train) * side**2 + len(layout.test or ()) * image_size**2)
+    free = torch.cuda.mem_get_info(device)[0]
+    fits = need <= free / 2
+    where = (f"the device pipeline at {side}x{side} ({need / 2**30:.1f} GiB on the GPU)" if fits
+             else f"the torchvision DataLoader with {workers} workers (at "
+                  f"{side}x{side} it would take {need / 2**30:.1f} GiB of the GPU's free "
+                  f"{free / 2**30:.1f} GiB)")
+    print(f"data: {root}: {len(layout.train)} training images: {where}", file=sys.stderr)
+    return fits
 
 
 @functools.lru_cache(maxsize=8)
 def device_split(name: str, root: str, train: bool, size: int, download: bool,
-                 device: torch.device):
+                 device: torch.device, stored: int = 0):
     """A split decoded once per process (the zoo trains many runs on the same data): one
     uint8 tensor, or for a training split of large images of many sizes (Flowers102) a list
-    of the images at full resolution, so random crops keep their detail."""
+    of the images at full resolution, so random crops keep their detail; a folder dataset's
+    training split at stored x stored (its shorter side resized, then the centre)."""
     dataset = build_dataset(name, root, train, None, download)
+    if train and name == "folder":
+        images, labels = decode(dataset, v2.Compose([
+            v2.Resize(stored, antialias=True), v2.CenterCrop(stored), v2.PILToTensor()]))
+        dataset.check_unreadable()
+        return torch.stack(images).to(device), labels.to(device)
     if train and not has_arrays(dataset):
         images, labels = dataset_to_ragged(dataset)
         return [image.to(device) for image in images], labels.to(device)
     images, labels = dataset_to_uint8(dataset, size)
+    if name == "folder":
+        dataset.check_unreadable()
     return images.to(device), labels.to(device)
 
 
 def train_loader(data: Data, aug: Augment, image_size: int, batch_size: int,
                  device: torch.device, two_views: bool = False):
-    info = INFO[data.dataset]
-    if use_device_pipeline(data, device):
+    """Batches of this rank's share (batch_size / world) of each global batch."""
+    info, w = dataset_info(data), world()
+    if batch_size % w.size:
+        raise ValueError(f"batch_size={batch_size}: the global batch must divide among the "
+                         f"{w.size} processes of this run")
+    if use_device_pipeline(data, device, image_size):
         images, labels = device_split(data.dataset, data.root, True, image_size, data.download,
-                                      device)
+                                      device, stored_size(data, image_size))
         loader = DeviceLoader(images, labels, batch_size, image_size, info.mean, info.std,
-                              aug, two_views=two_views)
+                              aug, two_views=two_views, world=w)
         n = len(images)
     else:
         transform = train_transform(aug, image_size, info.mean, info.std)
         dataset = build_dataset(data.dataset, data.root, True,
                                 TwoViews(transform) if two_views else transform, data.download)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+        generator = torch.Generator()
+        loader = DataLoader(dataset, batch_size=batch_size // w.size, drop_last=True,
+                            sampler=GlobalOrderSampler(len(dataset), batch_size, w, generator),
                             num_workers=data.num_workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator())
+                            generator=generator,
+                            worker_init_fn=rank_worker_seed if w.distributed else None)
         n = len(dataset)
+        if data.dataset == "folder":
+            loader = CheckedLoader(loader, dataset)
     if n < batch_size:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training images "
                          f"of {data.dataset}")
@@ -68,17 +151,24 @@ def train_loader(data: Data, aug: Augment, image_size: int, batch_size: int,
 def eval_loader(data: Data, image_size: int, batch_size: int, device: torch.device,
                 train: bool = False, two_views_aug: Augment | None = None):
     """The test split (or, with train=True, the training split) without augmentation; with
-    two_views_aug, two augmented views per image (SimCLR's evaluation)."""
-    info = INFO[data.dataset]
-    if use_device_pipeline(data, device):
+    two_views_aug, two augmented views per image (SimCLR's evaluation). Under torchrun each
+    rank gets its contiguous shard (`shard`) and evaluate() sums over the ranks."""
+    info, w = dataset_info(data), world()
+    if use_device_pipeline(data, device, image_size):
         images, labels = device_split(data.dataset, data.root, train, image_size,
-                                      data.download, device)
-        return DeviceLoader(images, labels, batch_size, image_size, info.mean, info.std,
-                            two_views_aug, shuffle=False, drop_last=False,
+                                      data.download, device, stored_size(data, image_size))
+        part = shard(len(labels), w)
+        images = images[part.start:part.stop]
+        return DeviceLoader(images, labels[part.start:part.stop], batch_size, image_size,
+                            info.mean, info.std, two_views_aug, shuffle=False, drop_last=False,
                             two_views=two_views_aug is not None)
     transform = eval_transform(image_size, info.mean, info.std)
     if two_views_aug is not None:
         transform = TwoViews(train_transform(two_views_aug, image_size, info.mean, info.std))
     dataset = build_dataset(data.dataset, data.root, train, transform, data.download)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                      num_workers=data.num_workers, pin_memory=device.type == "cuda")
+    whole = dataset
+    if w.distributed:
+        dataset = Subset(dataset, shard(len(dataset), w))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=data.num_workers, pin_memory=device.type == "cuda")
+    return CheckedLoader(loader, whole) if data.dataset == "folder" else loader

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlit.config import model_settings
-from mlit.data.datasets import INFO
+from mlit.data.datasets import dataset_info
 from mlit.flops import training_flops
 from mlit.shape.recipe import ShapeSweep
 from mlit.zoo.plan import ZooRun
@@ -23,7 +23,7 @@ def run_name(shape: dict[str, int], budget: float) -> str:
 def images_per_epoch(sweep: ShapeSweep, kind: str) -> int:
     """Images one epoch trains on: whole batches of the training split (drop_last)."""
     batch = getattr(sweep, kind).batch_size
-    return INFO[sweep.data.dataset].train_size // batch * batch
+    return dataset_info(sweep.data).train_size // batch * batch
 
 
 def epochs_for(flops: float, sweep: ShapeSweep, kind: str, per_image: float) -> int:
@@ -33,7 +33,7 @@ def epochs_for(flops: float, sweep: ShapeSweep, kind: str, per_image: float) -> 
 def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[ZooRun]:
     """Every (shape, budget); first stages first, in a stable order, so shards are too."""
     sweep_dir = Path(sweep_dir)
-    num_classes = INFO[sweep.data.dataset].num_classes
+    num_classes = dataset_info(sweep.data).num_classes
     first, second = [], []
     for shape, arms in sweep.shapes():
         cfg = model_settings(sweep.model_for(shape), num_classes=num_classes)
