@@ -81,6 +81,7 @@ def error_line(err: BaseException) -> tuple[int, str] | None:
     from mlit.distributed import PeerStopped, world
     from mlit.data.datasets import DatasetError
     from mlit.engine import NonFiniteLoss
+    from mlit.export_onnx import ExportFailed
     from mlit.files import DamagedFile, DiskFull
     from mlit.kernels.selfcheck import KernelFault
     from mlit.lock import FolderBusy
@@ -99,6 +100,8 @@ def error_line(err: BaseException) -> tuple[int, str] | None:
         return 1, f"{err}{last}"
     if isinstance(err, NonFiniteLoss):
         return 1, f"{err}{f' ({err.where})' if err.where else ''}; stopped"
+    if isinstance(err, ExportFailed):
+        return 1, str(err)
     if isinstance(err, KernelFault):
         return 1, f"{err}; stopped (moe_impl=auto would use torch there)"
     if isinstance(err, FolderBusy):

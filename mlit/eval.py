@@ -31,7 +31,7 @@ from mlit import modelfile
 from mlit.checkpoint import CheckpointError
 from mlit.cli import output_folder, run_command
 from mlit.config import Data, RecipeError, Train, parse_override, validate
-from mlit.data.datasets import dataset_info
+from mlit.data.datasets import DatasetError, dataset_info
 from mlit.data.loaders import eval_loader
 from mlit.encoder import MLiT
 from mlit.engine import eval_batches, eval_parts, select_precision
@@ -188,15 +188,32 @@ def class_names(loader, num_classes: int) -> list[str]:
         [str(i) for i in range(num_classes)]
 
 
+def file_settings(mf: modelfile.ModelFile, overrides) -> tuple[Data, Train, int]:
+    """settings(), with the file's own normalisation (what the model was trained on)."""
+    data, train, batch = settings(mf, list(overrides))
+    if mf.normalization and data.mean is None:
+        data = data.model_copy(update={k: tuple(v) for k, v in mf.normalization.items()})
+    return data, train, batch
+
+
+def test_loader(mf: modelfile.ModelFile):
+    """The CPU test loader of the run a file belongs to; None where that split is not here."""
+    try:
+        data, _, batch = file_settings(mf, [])
+        return eval_loader(data, mf.config.image_size, batch, torch.device("cpu"))
+    except (RecipeError, DatasetError):
+        return None
+
+
 def evaluate_file(path: str | Path, overrides: list[str] = (), out: str | Path | None = None
                   ) -> dict:
+    if Path(path).suffix == ".onnx":
+        return evaluate_onnx_file(Path(path), overrides, out)
     mf = modelfile.read(path)
     if mf.kind == "encoder":
         raise CheckpointError(f"{mf.path} holds an encoder alone: there is no classifier "
                               "or decoder to evaluate")
-    data, train, batch = settings(mf, list(overrides))
-    if mf.normalization and data.mean is None:  # the file's: what the model was trained on
-        data = data.model_copy(update={k: tuple(v) for k, v in mf.normalization.items()})
+    data, train, batch = file_settings(mf, overrides)
     info = dataset_info(data)
     if mf.kind in modelfile.CLASSIFIER_KINDS and mf.config.num_classes != info.num_classes:
         raise RecipeError(f"data.dataset={data.dataset}: has {info.num_classes} classes, the "
@@ -219,6 +236,29 @@ def evaluate_file(path: str | Path, overrides: list[str] = (), out: str | Path |
         plot_experts(out / "experts.png", result["expert_share_per_class"], classes)
         figures.append(str(out / "experts.png"))
     result["figures"] = figures
+    write_json(out / "eval.json", result, indent=None)
+    return result
+
+
+def evaluate_onnx_file(path: Path, overrides, out) -> dict:
+    """An ONNX export on its run's test split with ONNX Runtime (CPU)."""
+    from mlit.export_onnx import evaluate_onnx, read_onnx
+
+    mf = read_onnx(path)
+    if mf.kind not in modelfile.CLASSIFIER_KINDS:
+        raise CheckpointError(f"{path} holds a {mf.kind} model: mlit.eval runs ONNX "
+                              "classifiers")
+    data, _, batch = file_settings(mf, overrides)
+    info = dataset_info(data)
+    out = output_folder(out or path.parent / f"eval_{data.dataset}",
+                        "--out" if out else "the output folder (--out)")
+    loader = eval_loader(data, mf.config.image_size, batch, torch.device("cpu"))
+    result = {"checkpoint": str(path), "model": mf.name, "kind": f"{mf.kind}, ONNX Runtime",
+              "dataset": data.dataset, **evaluate_onnx(path, loader, info.num_classes)}
+    classes = mf.class_names or list(info.classes) or class_names(loader, info.num_classes)
+    result["classes"] = classes
+    plot_confusion(out / "confusion.png", result["confusion"], classes)
+    result["figures"] = [str(out / "confusion.png")]
     write_json(out / "eval.json", result, indent=None)
     return result
 

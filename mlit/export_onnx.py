@@ -1,0 +1,329 @@
+"""ONNX export for CPUs and edge runtimes (docs/deploy.md), and ONNX Runtime inference.
+
+    python -m mlit.export runs/quickstart/finetune/checkpoint.pt model.onnx [--int8]
+
+One self-contained file (opset 18, weights inside), a dynamic batch axis, input `images`
+(B, 3, S, S) normalised as in training, outputs `logits` (B, classes) (an encoder-only file:
+`tokens` (B, N, d)) and `experts` (B, layers, N, k): the k experts each token was routed to.
+The file's metadata carries what `mlit.eval model.onnx` or any ONNX Runtime user needs: the
+model config, image size, normalisation, class names and the recipe.
+
+The exported graph has no data-dependent shapes: each MoE layer computes every expert for
+every token in one GEMM and weights them by the sparse top-k gate (mlit.dispatch's `dense`),
+which gives the numbers of the sparse path; routing noise is off, as at evaluation. Before
+the file is kept it is checked (`check_export`): onnx.checker's full check, then ONNX Runtime
+against PyTorch's sparse path on random and real test images at batch 1, 7 and 64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlit.cli import BadInput
+from mlit.modelfile import CLASSIFIER_KINDS, ModelFile
+from mlit.moe import MoELayer
+
+OPSET = 18
+BATCHES = (1, 7, 64)
+LOGIT_TOLERANCE = 1e-4
+INT8_DROP = 0.01  # top-1 an int8 file may lose before a warning
+
+
+@contextlib.contextmanager
+def quiet():
+    """The exporter's and the quantiser's progress lines off stdout (ours say what was done);
+    their errors still raise."""
+    logging.disable(logging.WARNING)  # the quantiser's notes on integer tensors it skips
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+class ExportFailed(RuntimeError):
+    """A check of the exported file failed; nothing was written."""
+
+
+def deploy_modules():
+    """(onnx, onnxruntime), or BadInput saying what to install."""
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401 (torch.onnx's exporter needs it)
+    except ImportError as err:
+        raise BadInput(f"ONNX export needs the deploy extra ({err.name} is missing): "
+                       "pip install -e '.[deploy]'") from None
+    return onnx, onnxruntime
+
+
+class Deployable(nn.Module):
+    """The classifier's logits (or the encoder's tokens) and, per token, the experts its
+    router chose in every MoE layer, read off the gates by forward hooks."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.gates = model, []
+        self.gate_inputs = []
+        for layer in model.modules():
+            if isinstance(layer, MoELayer):
+                layer.gate.register_forward_hook(self.capture)
+
+    def capture(self, gate, inputs, outputs):
+        self.gates.append(outputs[0])
+        self.gate_inputs.append((gate, inputs[0]))
+
+    def forward(self, images: torch.Tensor):
+        self.gates.clear()
+        self.gate_inputs.clear()
+        out, _ = self.model(images)
+        k = self.model.cfg.top_k
+        chosen = torch.stack([g.topk(k, dim=1).indices for g in self.gates])  # (L, B*N, k)
+        return out, chosen.view(chosen.shape[0], images.shape[0], -1, k).transpose(0, 1)
+
+    def routing_ties(self) -> torch.Tensor:
+        """(B, L, N) True where the k-th and (k+1)-th router logits of a token (nearly) tie,
+        so that float rounding may pick either expert: those tokens are not compared."""
+        k = self.model.cfg.top_k
+        ties = []
+        for gate, x in self.gate_inputs:
+            logits = x.float() @ gate.w_gate
+            if logits.shape[1] <= k:
+                ties.append(torch.zeros(len(x), dtype=torch.bool))
+                continue
+            top = logits.topk(k + 1, dim=1).values
+            ties.append((top[:, k - 1] - top[:, k]).abs() < 1e-4)
+        return torch.stack(ties)  # (L, B*N)
+
+
+def module_to_export(mf: ModelFile, encoder_only: bool, impl: str) -> nn.Module:
+    from mlit.encoder import MLiT, MLiTEncoder
+
+    cfg = mf.config.replace(moe_impl=impl, noisy_gating=mf.config.noisy_gating)
+    if encoder_only:
+        module = MLiTEncoder(cfg)
+        module.load_state_dict(mf.encoder_state())
+    elif mf.kind in CLASSIFIER_KINDS:
+        module = MLiT(cfg)
+        module.load_state_dict(mf.state)
+    else:
+        raise BadInput(f"{mf.path} holds a {mf.kind} model: an ONNX export of it is the "
+                       "encoder alone (add --encoder-only)")
+    return module.eval()
+
+
+def metadata(mf: ModelFile, kind: str) -> dict[str, str]:
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(mf.config).items()}
+    meta = {"format": "mlit", "kind": kind, "model_name": mf.name,
+            "model_config": json.dumps(config), "image_size": str(mf.config.image_size)}
+    if mf.recipe is not None:
+        meta["recipe"] = json.dumps(mf.recipe)
+    if mf.normalization:
+        meta["normalization"] = json.dumps(mf.normalization)
+    if mf.class_names:
+        meta["class_names"] = json.dumps(mf.class_names)
+    return meta
+
+
+def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool = False,
+                test_loader=None) -> dict:
+    """Write `out` (checked), or raise ExportFailed leaving no file; returns the checks and,
+    with int8 and a test split, both files' test top-1."""
+    onnx, _ = deploy_modules()
+    kind = "encoder" if encoder_only else mf.kind
+    dense = Deployable(module_to_export(mf, encoder_only, "dense")).eval()
+    size = mf.config.image_size
+    outputs = ["tokens" if encoder_only else "logits", "experts"]
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        write_graph(dense, size, tmp / "fp32.onnx", outputs)
+        model = onnx.load(str(tmp / "fp32.onnx"))
+        onnx.helper.set_model_props(model, metadata(mf, kind))
+        onnx.save(model, str(tmp / "fp32.onnx"))
+        onnx.checker.check_model(str(tmp / "fp32.onnx"), full_check=True)
+        reference = Deployable(module_to_export(mf, encoder_only, "torch")).eval()
+        test_images = first_images(test_loader, max(BATCHES))
+        report = {"checker": "full check passed",
+                  "parity": check_export(tmp / "fp32.onnx", reference, size, test_images)}
+        final = tmp / "fp32.onnx"
+        if int8:
+            quantize(final, tmp / "int8.onnx")
+            model = onnx.load(str(tmp / "int8.onnx"))
+            onnx.helper.set_model_props(model, {**metadata(mf, kind), "quantized": "int8"})
+            onnx.save(model, str(tmp / "int8.onnx"))
+            final = tmp / "int8.onnx"
+            if test_loader is not None and not encoder_only:
+                classes = mf.config.num_classes
+                report["top1"] = {name: evaluate_onnx(tmp / f"{name}.onnx", test_loader,
+                                                      classes)["top1"]
+                                  for name in ("fp32", "int8")}
+        os.replace(final, out)
+        return report
+    except (ExportFailed, BadInput):
+        raise
+    except Exception as err:  # the exporter or ONNX Runtime refused the graph
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ExportFailed(f"exporting {mf.path} to ONNX failed ({type(err).__name__}: "
+                           f"{text}); no file was written") from None
+    finally:
+        for path in tmp.glob("*"):
+            path.unlink()
+        tmp.rmdir()
+
+
+def write_graph(module: nn.Module, size: int, path: Path, outputs: list[str]) -> None:
+    """torch.onnx's exporter (torch.export underneath) with a dynamic batch axis, weights
+    inside the file."""
+    deploy_modules()
+    example = torch.randn(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad(), warnings.catch_warnings(), quiet():
+        warnings.simplefilter("ignore")  # the exporter's notes on the hooks' captures
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=["images"], output_names=outputs,
+                                    dynamic_shapes=({0: batch},), verbose=False)
+    program.save(str(path), external_data=False)
+
+
+def quantize(source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic quantisation: int8 weights of the matrix products, activations
+    quantised per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet():
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+
+
+def session(path: Path, threads: int = 0):
+    _, ort = deploy_modules()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_export(path: Path, reference: Deployable, size: int,
+                 test_images: torch.Tensor | None) -> list[dict]:
+    """ONNX Runtime against PyTorch's sparse path at each of BATCHES, on random images and
+    on real test images when there are some: logits within LOGIT_TOLERANCE, the same
+    predicted class, the same experts per token where the router has no tie."""
+    runner = session(path)
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    sources = {"random": torch.randn(max(BATCHES), 3, size, size, generator=generator)}
+    if test_images is not None and len(test_images):
+        sources["test"] = test_images[:max(BATCHES)]
+    for source, images in sources.items():
+        for b in BATCHES:
+            x = images[:b]
+            if len(x) < b:
+                continue
+            with torch.no_grad():
+                ref_out, ref_experts = reference(x)
+                ties = reference.routing_ties().view(ref_experts.shape[1], b, -1)
+            got_out, got_experts = runner.run(None, {"images": x.numpy()})
+            diff = float(np.abs(got_out - ref_out.numpy()).max())
+            same_class = ref_out.dim() != 2 or bool(
+                (got_out.argmax(1) == ref_out.numpy().argmax(1)).all())  # tokens: no class
+            chosen = np.sort(got_experts, axis=-1) == np.sort(ref_experts.numpy(), axis=-1)
+            untied = ~ties.transpose(0, 1).numpy()[..., None]
+            experts_ok = bool((chosen | ~untied).all())
+            rows.append({"images": source, "batch": b, "max_abs_diff": diff,
+                         "same_class": same_class, "same_experts": experts_ok,
+                         "untied_tokens": int(untied.sum())})
+            if diff > LOGIT_TOLERANCE or not same_class or not experts_ok:
+                raise ExportFailed(
+                    f"the ONNX graph disagrees with PyTorch on {source} images at batch {b} "
+                    f"(largest difference {diff:.2e}, allowed {LOGIT_TOLERANCE:.0e}; same "
+                    f"class: {same_class}; same experts: {experts_ok}); no file was written")
+    return rows
+
+
+def first_images(loader, n: int) -> torch.Tensor | None:
+    """Up to n images of a loader's first batches, on the CPU."""
+    if loader is None:
+        return None
+    found = []
+    for images, _ in loader:
+        found.append(images.cpu())
+        if sum(len(x) for x in found) >= n:
+            break
+    return torch.cat(found)[:n] if found else None
+
+
+def evaluate_onnx(path: Path, loader, num_classes: int) -> dict:
+    """A classifier file on a test loader with ONNX Runtime: top-1, top-5, cross-entropy,
+    per-class accuracy and each MoE layer's expert shares (from the `experts` output)."""
+    runner = session(path)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    top5 = total = 0
+    loss = 0.0
+    counts = None
+    for images, targets in loader:
+        logits, experts = runner.run(None, {"images": images.cpu().numpy()})
+        y = targets.cpu().numpy()
+        np.add.at(confusion, (y, logits.argmax(1)), 1)
+        k = min(5, num_classes)
+        top5 += int((np.argsort(-logits, axis=1)[:, :k] == y[:, None]).any(1).sum())
+        loss += float(torch.nn.functional.cross_entropy(torch.from_numpy(logits).float(),
+                                                         targets.cpu(), reduction="sum"))
+        layers = experts.shape[1]
+        if counts is None:
+            counts = [np.zeros(0) for _ in range(layers)]
+        for layer in range(layers):
+            found = np.bincount(experts[:, layer].ravel())
+            grown = np.zeros(max(len(found), len(counts[layer])))
+            grown[:len(counts[layer])] += counts[layer]
+            grown[:len(found)] += found
+            counts[layer] = grown
+        total += len(y)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    seen = confusion.sum(1) > 0
+    return {"images": total, "top1": float(confusion.diagonal().sum() / total),
+            "top5": top5 / total, "loss": loss / total,
+            "per_class_acc": [float(a) if s else None for a, s in zip(per_class, seen)],
+            "confusion": confusion.tolist(),
+            "expert_share": [(c / c.sum()).tolist() for c in counts or []]}
+
+
+def read_onnx(path: Path) -> ModelFile:
+    """An ONNX export's model description from its metadata (validated as an export's,
+    mlit.records.ExportMetadata); CheckpointError of one line for a damaged or foreign file."""
+    from pydantic import ValidationError
+
+    from mlit import records
+    from mlit.checkpoint import CheckpointError
+    from mlit.modelfile import config_from_fields, guess_name
+
+    onnx, _ = deploy_modules()
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and others
+        raise CheckpointError(f"{path} is not a readable ONNX file ({type(err).__name__})") \
+            from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("format") != "mlit":
+        raise CheckpointError(f"{path} is not an mLiT ONNX export (its metadata has no mLiT "
+                              "model config; was it written by python -m mlit.export?)")
+    try:
+        checked = records.ExportMetadata.model_validate(meta)
+    except ValidationError as err:
+        raise CheckpointError(f"{path}: metadata {records.where(err)}") from None
+    config = config_from_fields(checked.config, path)
+    name = guess_name(config) if checked.model_name == "custom" else checked.model_name
+    return ModelFile(path, checked.kind, name, config, {}, checked.recipe, checked.class_names,
+                     checked.normalization.model_dump() if checked.normalization else None)

@@ -1,0 +1,163 @@
+"""ONNX export for CPUs and edge runtimes: a quickstart checkpoint exports through its own
+checks, ONNX Runtime matches PyTorch at batch 1, 7 and 64, the int8 file loads and its
+accuracy is reported, mlit.eval on the ONNX file gives the checkpoint's top-1, and a damaged
+or foreign .onnx is one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import onnx  # noqa: E402
+import torch  # noqa: E402
+
+from mlit import eval as eval_cli  # noqa: E402
+from mlit import export as export_cli  # noqa: E402
+from mlit import modelfile  # noqa: E402
+from mlit.export_onnx import BATCHES, Deployable, module_to_export, session  # noqa: E402
+from mlit.train import main as train  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    assert train(["recipes/quickstart.yaml", "model.name=mlit_micro", "pretrain.epochs=2",
+                  "finetune.epochs=15", "pretrain.warmup_epochs=0", "finetune.warmup_epochs=1",
+                  "finetune.base_lr=1e-2", "train.progress=false", f"train.out={out}"]) == 0
+    return out
+
+
+def test_export_checks_itself_and_matches_pytorch(run, capsys):
+    ckpt = run / "finetune" / "checkpoint.pt"
+    capsys.readouterr()
+    assert export_cli.main([str(ckpt), str(run / "model.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert ("checked: onnx.checker full check; ONNX Runtime against PyTorch on random and "
+            "test images at batch 1, 7 and 64: largest logit difference ") in out
+    model = onnx.load(str(run / "model.onnx"))
+    assert not list(run.glob("*.onnx.data")) and not list(run.glob(".model.onnx.*"))
+    assert model.opset_import[0].version >= 17
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["format"] == "mlit" and meta["kind"] == "finetune"
+    assert json.loads(meta["model_config"])["embed_dim"] == 16 and meta["image_size"] == "12"
+    assert json.loads(meta["normalization"])["mean"][0] == pytest.approx(0.3053)
+    assert json.loads(meta["recipe"])["data"]["dataset"] == "digits"
+    ops = {node.op_type for node in model.graph.node}
+    assert not ops & {"NonZero", "Loop", "If", "Scan"}  # no data-dependent shapes
+    inputs = [i.name for i in model.graph.input]
+    assert inputs == ["images"] and [o.name for o in model.graph.output] == ["logits",
+                                                                              "experts"]
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # a dynamic batch axis
+    # parity, again from here: ONNX Runtime against the sparse PyTorch path
+    mf = modelfile.read(ckpt)
+    reference = Deployable(module_to_export(mf, False, "torch")).eval()
+    runner = session(run / "model.onnx")
+    for b in BATCHES:
+        x = torch.randn(b, 3, 12, 12, generator=torch.Generator().manual_seed(b))
+        with torch.no_grad():
+            ref, experts = reference(x)
+        got, got_experts = runner.run(None, {"images": x.numpy()})
+        assert got.shape == (b, 10) and got_experts.shape == experts.shape
+        torch.testing.assert_close(torch.from_numpy(got), ref, atol=1e-4, rtol=0)
+        assert (got.argmax(1) == ref.argmax(1).numpy()).all()
+
+
+def test_mlit_eval_of_the_onnx_file_equals_the_checkpoint(run, capsys):
+    ckpt = run / "finetune" / "checkpoint.pt"
+    if not (run / "model.onnx").exists():
+        assert export_cli.main([str(ckpt), str(run / "model.onnx")]) == 0
+    capsys.readouterr()
+    assert eval_cli.main([str(ckpt), "--json", "--out", str(run / "e1")]) == 0
+    from_ckpt = json.loads(capsys.readouterr().out)
+    assert eval_cli.main([str(run / "model.onnx"), "--json", "--out", str(run / "e2")]) == 0
+    from_onnx = json.loads(capsys.readouterr().out)
+    assert from_onnx["top1"] == from_ckpt["top1"] and from_onnx["images"] == 360
+    assert from_onnx["loss"] == pytest.approx(from_ckpt["loss"], abs=1e-5)
+    assert from_onnx["kind"] == "finetune, ONNX Runtime"
+    assert len(from_onnx["expert_share"]) == 3
+    assert sum(from_onnx["expert_share"][0]) == pytest.approx(1.0)
+
+
+def test_the_int8_file_loads_and_its_accuracy_is_reported(run, capsys):
+    capsys.readouterr()
+    assert export_cli.main([str(run / "finetune" / "checkpoint.pt"), str(run / "int8.onnx"),
+                            "--int8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    line = next(line for line in out if line.startswith("test top-1: "))
+    int8 = float(line.split("int8 ")[1].split(",")[0])
+    fp32 = float(line.split("fp32 ")[1])
+    assert 0.6 < fp32 and abs(int8 - fp32) < 0.05, line
+    model = onnx.load(str(run / "int8.onnx"))
+    assert {p.key: p.value for p in model.metadata_props}["quantized"] == "int8"
+    assert any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul")
+               for n in model.graph.node)
+    assert (run / "int8.onnx").stat().st_size < (run / "model.onnx").stat().st_size
+    capsys.readouterr()
+    assert eval_cli.main([str(run / "int8.onnx"), "--json", "--out", str(run / "e3")]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(int8, abs=1e-4)
+
+
+def test_a_damaged_or_foreign_onnx_file_is_one_line(run, tmp_path, capsys):
+    (tmp_path / "random.onnx").write_bytes(b"\x08\x07garbage" * 50)
+    foreign = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    for name, words in (("random.onnx", "is not a readable ONNX file"),
+                        ("foreign.onnx", "is not an mLiT ONNX export"),
+                        ("missing.onnx", "does not exist")):
+        capsys.readouterr()
+        assert eval_cli.main([str(tmp_path / name)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mlit.eval: ") and words in lines[0]
+
+
+def test_an_mae_needs_encoder_only_and_the_encoder_exports(run, capsys):
+    ckpt = str(run / "pretrain" / "checkpoint.pt")
+    capsys.readouterr()
+    assert export_cli.main([ckpt, str(run / "mae.onnx")]) == 2
+    assert "add --encoder-only" in capsys.readouterr().err
+    assert export_cli.main([ckpt, str(run / "encoder.onnx"), "--encoder-only"]) == 0
+    model = onnx.load(str(run / "encoder.onnx"))
+    assert [o.name for o in model.graph.output] == ["tokens", "experts"]
+    assert not (run / "mae.onnx").exists()
+
+
+def test_bench_infer_quick_runs(tmp_path):
+    done = subprocess.run([sys.executable, "tools/bench_infer.py", "--quick", "--json",
+                           str(tmp_path / "b.json")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("machine: ")
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    backends = {(r["model"], r["backend"]) for r in rows}
+    assert backends == {("mlit_xxs", "eager"), ("mlit_xxs", "onnxruntime fp32"),
+                        ("mlit_xxs", "onnxruntime int8"), ("resnet56", "eager"),
+                        ("resnet56", "onnxruntime fp32")}
+    assert all(r["latency_ms"] > 0 and r["images_s"] > 0 for r in rows)
+    assert "goals, 1 thread:" in done.stdout
+
+
+def test_a_failed_check_is_one_line_and_leaves_no_file(run, monkeypatch, capsys):
+    import mlit.export_onnx
+
+    monkeypatch.setattr(mlit.export_onnx, "LOGIT_TOLERANCE", -1.0)  # nothing can pass
+    capsys.readouterr()
+    assert export_cli.main([str(run / "finetune" / "checkpoint.pt"),
+                            str(run / "failed.onnx")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "mlit.export: the ONNX graph disagrees with PyTorch on random images at batch 1")
+    assert lines[0].endswith("no file was written")
+    assert not (run / "failed.onnx").exists() and not list(run.glob(".failed.onnx.*"))
