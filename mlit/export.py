@@ -19,7 +19,6 @@ model from the file alone.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -39,16 +38,8 @@ def export(source: str | Path, out: str | Path, encoder_only: bool = False) -> P
         state, kind = mf.encoder_state(), "encoder"
         if not state:
             raise CheckpointError(f"{mf.path}: holds no encoder weights")
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(mf.config).items()}
-    metadata = {"format": "mlit", "kind": kind, "model_name": mf.name,
-                "model_config": json.dumps(config)}
-    if mf.recipe is not None:
-        metadata["recipe"] = json.dumps(mf.recipe)
-    if mf.class_names:
-        metadata["class_names"] = json.dumps(mf.class_names)
-    if mf.normalization:
-        metadata["normalization"] = json.dumps(mf.normalization)
-    write_bytes_atomic(out, save({k: v.contiguous() for k, v in state.items()}, metadata))
+    write_bytes_atomic(out, save({k: v.contiguous() for k, v in state.items()},
+                                 modelfile.export_metadata(mf, kind)))
     return out
 
 

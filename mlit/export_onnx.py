@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import tempfile
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from mlit.cli import BadInput
-from mlit.modelfile import CLASSIFIER_KINDS, ModelFile
+from mlit.modelfile import CLASSIFIER_KINDS, ModelFile, export_metadata
 from mlit.moe import MoELayer
 
 OPSET = 18
@@ -124,16 +123,8 @@ def module_to_export(mf: ModelFile, encoder_only: bool, impl: str) -> nn.Module:
 
 
 def metadata(mf: ModelFile, kind: str) -> dict[str, str]:
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(mf.config).items()}
-    meta = {"format": "mlit", "kind": kind, "model_name": mf.name,
-            "model_config": json.dumps(config), "image_size": str(mf.config.image_size)}
-    if mf.recipe is not None:
-        meta["recipe"] = json.dumps(mf.recipe)
-    if mf.normalization:
-        meta["normalization"] = json.dumps(mf.normalization)
-    if mf.class_names:
-        meta["class_names"] = json.dumps(mf.class_names)
-    return meta
+    """An export's metadata (modelfile.export_metadata) and the input's side, for runtimes."""
+    return {**export_metadata(mf, kind), "image_size": str(mf.config.image_size)}
 
 
 def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool = False,

@@ -200,6 +200,21 @@ def read_safetensors(path: Path) -> ModelFile:
                      checked.normalization.model_dump() if checked.normalization else None)
 
 
+def export_metadata(mf: ModelFile, kind: str) -> dict[str, str]:
+    """What an exported file (.safetensors or .onnx) carries to rebuild and feed its model,
+    as strings: read back by read_safetensors / export_onnx.read_onnx (records.ExportMetadata)."""
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(mf.config).items()}
+    meta = {"format": "mlit", "kind": kind, "model_name": mf.name,
+            "model_config": json.dumps(config)}
+    if mf.recipe is not None:
+        meta["recipe"] = json.dumps(mf.recipe)
+    if mf.class_names:
+        meta["class_names"] = json.dumps(mf.class_names)
+    if mf.normalization:
+        meta["normalization"] = json.dumps(mf.normalization)
+    return meta
+
+
 def read(path: str | Path) -> ModelFile:
     """The model a .pt checkpoint or a .safetensors export holds, or CheckpointError."""
     path = Path(path)

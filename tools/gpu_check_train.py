@@ -185,16 +185,22 @@ def attention_step(layer, x, dtype):
         layer(x).float().sum().backward()
 
 
-def profiled_names(fn, dev: torch.device) -> list[str]:
+def profiled(fn, dev: torch.device):
+    """The profiler's record of one call of fn (CPU operators, and CUDA kernels on a GPU)."""
     from torch.profiler import ProfilerActivity, profile
 
-    fn()  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda"
                                            else [])
     with profile(activities=activities) as prof:
         fn()
         if dev.type == "cuda":
             torch.cuda.synchronize()
+    return prof
+
+
+def profiled_names(fn, dev: torch.device) -> list[str]:
+    fn()  # warm-up
+    prof = profiled(fn, dev)
     kind = torch.autograd.DeviceType.CUDA if dev.type == "cuda" else torch.autograd.DeviceType.CPU
     return [e.name for e in prof.events() if e.device_type == kind]
 
@@ -219,8 +225,6 @@ def attention_backend(names: list[str]) -> str:
 def profile_steps(part: Part, smoke: bool) -> None:
     """The ten costliest kernels of one compiled mmLiT-S MAE step and one fine-tuning step
     (smoke: mLiT-micro, eager, CPU operators)."""
-    from torch.profiler import ProfilerActivity, profile
-
     from mlit.config import Stage
     from mlit.engine import select_precision, train_step
     from mlit.optim import build_optimizer
@@ -244,13 +248,7 @@ def profile_steps(part: Part, smoke: bool) -> None:
 
         for _ in range(3):  # warm-up and compilation
             one_step()
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda"
-                                               else [])
-        with profile(activities=activities) as prof:
-            one_step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-        rows, total = top_kernels(prof, dev, 10)
+        rows, total = top_kernels(profiled(one_step, dev), dev, 10)
         part.markdown += [f"{name} {step} step, batch {batch}, {dtype_name(precision.dtype)}"
                           f"{'' if smoke else ', compiled'}: {total:.2f} ms of "
                           f"{'GPU kernels' if dev.type == 'cuda' else 'CPU operators'}", ""]
