@@ -254,7 +254,8 @@ def evaluate_onnx_file(path: Path, overrides, out) -> dict:
                         "--out" if out else "the output folder (--out)")
     loader = eval_loader(data, mf.config.image_size, batch, torch.device("cpu"))
     result = {"checkpoint": str(path), "model": mf.name, "kind": f"{mf.kind}, ONNX Runtime",
-              "dataset": data.dataset, **evaluate_onnx(path, loader, info.num_classes)}
+              "dataset": data.dataset, **evaluate_onnx(path, loader, info.num_classes,
+                                mf.config.experts_per_layer())}
     classes = mf.class_names or list(info.classes) or class_names(loader, info.num_classes)
     result["classes"] = classes
     plot_confusion(out / "confusion.png", result["confusion"], classes)

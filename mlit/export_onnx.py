@@ -155,9 +155,10 @@ def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool
             onnx.save(model, str(tmp / "int8.onnx"))
             final = tmp / "int8.onnx"
             if test_loader is not None and not encoder_only:
-                classes = mf.config.num_classes
+                cfg = mf.config
                 report["top1"] = {name: evaluate_onnx(tmp / f"{name}.onnx", test_loader,
-                                                      classes)["top1"]
+                                                      cfg.num_classes,
+                                                      cfg.experts_per_layer())["top1"]
                                   for name in ("fp32", "int8")}
         os.replace(final, out)
         return report
@@ -254,31 +255,25 @@ def first_images(loader, n: int) -> torch.Tensor | None:
     return torch.cat(found)[:n] if found else None
 
 
-def evaluate_onnx(path: Path, loader, num_classes: int) -> dict:
+def evaluate_onnx(path: Path, loader, num_classes: int, experts: list[int]) -> dict:
     """A classifier file on a test loader with ONNX Runtime: top-1, top-5, cross-entropy,
-    per-class accuracy and each MoE layer's expert shares (from the `experts` output)."""
+    per-class accuracy and each MoE layer's expert shares (from the `experts` output;
+    `experts`: the number of experts of each layer)."""
     runner = session(path)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    counts = [np.zeros(e, dtype=np.int64) for e in experts]
     top5 = total = 0
     loss = 0.0
-    counts = None
     for images, targets in loader:
-        logits, experts = runner.run(None, {"images": images.cpu().numpy()})
+        logits, chosen = runner.run(None, {"images": images.cpu().numpy()})
         y = targets.cpu().numpy()
         np.add.at(confusion, (y, logits.argmax(1)), 1)
         k = min(5, num_classes)
         top5 += int((np.argsort(-logits, axis=1)[:, :k] == y[:, None]).any(1).sum())
         loss += float(torch.nn.functional.cross_entropy(torch.from_numpy(logits).float(),
                                                          targets.cpu(), reduction="sum"))
-        layers = experts.shape[1]
-        if counts is None:
-            counts = [np.zeros(0) for _ in range(layers)]
-        for layer in range(layers):
-            found = np.bincount(experts[:, layer].ravel())
-            grown = np.zeros(max(len(found), len(counts[layer])))
-            grown[:len(counts[layer])] += counts[layer]
-            grown[:len(found)] += found
-            counts[layer] = grown
+        for layer, count in enumerate(counts):
+            count += np.bincount(chosen[:, layer].ravel(), minlength=len(count))
         total += len(y)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
     seen = confusion.sum(1) > 0
@@ -286,7 +281,7 @@ def evaluate_onnx(path: Path, loader, num_classes: int) -> dict:
             "top5": top5 / total, "loss": loss / total,
             "per_class_acc": [float(a) if s else None for a, s in zip(per_class, seen)],
             "confusion": confusion.tolist(),
-            "expert_share": [(c / c.sum()).tolist() for c in counts or []]}
+            "expert_share": [(c / c.sum()).tolist() for c in counts]}
 
 
 def read_onnx(path: Path) -> ModelFile:
