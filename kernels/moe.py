@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from mlit.dispatch import kernel_dtype
 from mlit.kernels.interpreter_compat import patch_interpreter
 from mlit.kernels.moe_kernels import moe_hidden_bwd_kernel, moe_hidden_fwd_kernel
 
@@ -126,9 +127,7 @@ def triton_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
     swish_shared = TRITON_ARRANGEMENTS[shared]  # mlit.dispatch checked the arrangement
     # the kernel's (own, shared) projections: (W_e, V) for v_w2, (V_e, W) for w_w2
     own, own_bias, common, common_bias = (v, c, w, b) if swish_shared else (w, b, v, c)
-    dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
+    dtype = kernel_dtype(x)
     x, own, own_bias, common, common_bias = (t.to(dtype).contiguous() for t in
                                              (x, own, own_bias, common, common_bias))
     hidden = moe_hidden(x, gates.contiguous(), own, own_bias, common, common_bias,

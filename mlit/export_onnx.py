@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mlit.cli import BadInput
-from mlit.modelfile import CLASSIFIER_KINDS, ModelFile, export_metadata
+from mlit.modelfile import CLASSIFIER_KINDS, ModelFile, export_metadata, load_weights
 from mlit.moe import MoELayer
 
 OPSET = 18
@@ -109,13 +109,11 @@ class Deployable(nn.Module):
 def module_to_export(mf: ModelFile, encoder_only: bool, impl: str) -> nn.Module:
     from mlit.encoder import MLiT, MLiTEncoder
 
-    cfg = mf.config.replace(moe_impl=impl, noisy_gating=mf.config.noisy_gating)
+    cfg = mf.config.replace(moe_impl=impl)
     if encoder_only:
-        module = MLiTEncoder(cfg)
-        module.load_state_dict(mf.encoder_state())
+        module = load_weights(MLiTEncoder(cfg), mf.encoder_state(), str(mf.path))
     elif mf.kind in CLASSIFIER_KINDS:
-        module = MLiT(cfg)
-        module.load_state_dict(mf.state)
+        module = load_weights(MLiT(cfg), mf.state, str(mf.path))
     else:
         raise BadInput(f"{mf.path} holds a {mf.kind} model: an ONNX export of it is the "
                        "encoder alone (add --encoder-only)")
