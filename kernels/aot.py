@@ -23,8 +23,9 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
-from mlit.kernels.moe import TRITON_ARRANGEMENTS, launch_options
+from mlit.kernels.moe import launch_options
 from mlit.kernels.moe_kernels import moe_hidden_bwd_kernel, moe_hidden_fwd_kernel
+from mlit.kernels.support import TRITON_ARRANGEMENTS
 
 KERNELS = {"forward": moe_hidden_fwd_kernel, "backward": moe_hidden_bwd_kernel}
 SIZES = {"N", "D", "HID", "E"}  # int32 arguments; every other runtime argument is a pointer

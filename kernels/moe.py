@@ -1,14 +1,14 @@
 """The Triton expert dispatch as torch custom ops, with autograd and fake (meta)
 implementations so the model also runs under torch.compile.
 
-    y = triton_expert_mixture(x, gates, W, b, V, c, W2, b2, shared)   # mlit.dispatch's contract
+    y = triton_expert_mixture(x, gates, W, b, V, c, W2, b2, shared)   # mlit.model.dispatch's contract
 
 Forward: one fused kernel writes H = f(x U^T + u) * sum_e g_e phi(x P_e + p_e), where U is
 the shared one of V and W and P_e the expert's own (moe_kernels.py); W2 stays a cuBLAS GEMM.
 Backward: one fused kernel recomputes a_e and writes dvalue, dact and dgates; the weight and
 input gradients are three GEMMs over them. The algebra needs W2 shared, so the kernel serves
 shared = v_w2 and w_w2; with w_v every expert owns its W2 and there is no single hidden
-activation to write (TRITON_ARRANGEMENTS).
+activation to write (support.TRITON_ARRANGEMENTS).
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from mlit.dispatch import kernel_dtype
 from mlit.kernels.interpreter_compat import patch_interpreter
 from mlit.kernels.moe_kernels import moe_hidden_bwd_kernel, moe_hidden_fwd_kernel
+from mlit.kernels.support import TRITON_ARRANGEMENTS, kernel_dtype
 
 patch_interpreter()  # Triton 3.6's interpreter with NumPy >= 2.4 (interpreter_compat.py)
 
 BLOCK_N, BLOCK_H, BLOCK_D = 64, 32, 32
-# the sharing arrangements the kernel's algebra serves, and where the swish sits in each
-TRITON_ARRANGEMENTS = {"v_w2": False, "w_w2": True}  # shared -> SWISH_SHARED
 # 8 warps rather than Triton's default 4: at 4 the backward takes all 255 registers a thread
 # and spills on sm_80 (tools/kernel_report.py); at 8 neither kernel spills on sm_80 or sm_90
 NUM_WARPS = 8
@@ -122,9 +120,9 @@ moe_hidden.register_autograd(_backward, setup_context=_setup_context)
 
 
 def triton_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
-    """mlit.dispatch's contract on the Triton kernels. Under autocast the kernel runs in the
+    """mlit.model.dispatch's contract on the Triton kernels. Under autocast the kernel runs in the
     autocast dtype (custom ops are not autocast by themselves)."""
-    swish_shared = TRITON_ARRANGEMENTS[shared]  # mlit.dispatch checked the arrangement
+    swish_shared = TRITON_ARRANGEMENTS[shared]  # mlit.model.dispatch checked the arrangement
     # the kernel's (own, shared) projections: (W_e, V) for v_w2, (V_e, W) for w_w2
     own, own_bias, common, common_bias = (v, c, w, b) if swish_shared else (w, b, v, c)
     dtype = kernel_dtype(x)

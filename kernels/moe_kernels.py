@@ -1,4 +1,4 @@
-"""Triton kernels for the shared-projection MoE hidden layer (docs/architecture.md, section 5; mlit/dispatch.py).
+"""Triton kernels for the shared-projection MoE hidden layer (docs/architecture.md, section 5; mlit/model/dispatch.py).
 
 For a tile of tokens and a tile of hidden units they compute
 
@@ -126,7 +126,7 @@ def moe_hidden_bwd_kernel(
                 act = a * sig
                 dact = dmixed * g[:, None] * (sig * (1.0 + a * (1.0 - sig)))  # silu'
             mixed += g[:, None] * act
-            # gate gradient: only where routed (the contract of mlit.dispatch)
+            # gate gradient: only where routed (the contract of mlit.model.dispatch)
             dg = tl.where(g > 0, tl.sum(dmixed * act, axis=1), 0.0)
             tl.store(DG + tl.program_id(1).to(tl.int64) * N * E + offs_n * E + e, dg,
                      mask=mask_n)

@@ -1,10 +1,10 @@
 """mLiT: mixture-of-experts lightweight vision transformers and their MAE pre-training."""
 
-from mlit.encoder import MLiT, MLiTEncoder
-from mlit.mae import MaskedAutoEncoder
-from mlit.model_config import MLiTConfig
-from mlit.modelfile import load_model as load
-from mlit.registry import CONFIGS, create_mae, create_model, model_config
+from mlit.files.modelfile import load_model as load
+from mlit.model.config import MLiTConfig
+from mlit.model.encoder import MLiT, MLiTEncoder
+from mlit.model.mae import MaskedAutoEncoder
+from mlit.model.registry import CONFIGS, create_mae, create_model, model_config
 
 __all__ = ["MLiT", "MLiTEncoder", "MaskedAutoEncoder", "MLiTConfig", "CONFIGS",
            "create_mae", "create_model", "load", "model_config"]

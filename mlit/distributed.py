@@ -11,12 +11,15 @@ global batch, drawn from one order per (seed, epoch) (mlit/data/loaders.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from mlit.errors import BadInput, Fault, ProjectError, first_line
 
 
 @dataclass(frozen=True)
@@ -89,28 +92,28 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """y = sum over ranks of x; the gradient of x is the sum over ranks of y's gradient."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return sum_over_ranks(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return sum_over_ranks(grad.contiguous())
-
-
-def global_sum(values: torch.Tensor) -> torch.Tensor:
-    """The sum over every rank, with its gradient: the experts' importance and load, so the
-    balancing losses are those of the global batch (docs/distributed.md)."""
-    if _world.distributed and torch.is_grad_enabled():
-        return _SumOverRanks.apply(values)
-    return values
-
-
-class PeerStopped(RuntimeError):
+class PeerStopped(BadInput):
     """Rank 0 stopped on an error of its own (it prints it); the other ranks stop with it."""
+
+
+class LostPeers(Fault):
+    """A collective failed because another process of the run went away (exit 1)."""
+
+
+@contextlib.contextmanager
+def collective_errors():
+    """Inside a distributed run, turn the error a collective raises when a peer is gone
+    (torch.distributed's DistError, or gloo's and NCCL's RuntimeError) into LostPeers; a
+    single process's errors pass untouched, so a bug keeps its traceback."""
+    try:
+        yield
+    except RuntimeError as err:
+        peer_gone = isinstance(err, dist.DistError) or (_world.distributed and any(
+            k in str(err) for k in ("gloo", "NCCL", "Connection closed")))
+        if isinstance(err, ProjectError) or not peer_gone:
+            raise
+        raise LostPeers(f"lost the other processes of the run ({first_line(err)}); the last "
+                        "checkpoint is kept: run the same command again to resume") from None
 
 
 def on_rank0(fn):

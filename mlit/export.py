@@ -6,7 +6,7 @@ ecosystem load, with everything needed to rebuild the model in the file's metada
     python -m mlit.export runs/mmlit_s/finetune/checkpoint.pt mmlit_s.onnx [--int8]
 
 A .onnx target writes one self-contained ONNX file for CPUs and edge runtimes, checked
-against PyTorch before it is kept (mlit/export_onnx.py, docs/deploy.md).
+against PyTorch before it is kept (mlit/inference/onnx_export.py, docs/deploy.md).
 
 Metadata (all strings): format "mlit", kind (pretrain, simclr, finetune, supervised or
 encoder), model_name, model_config (JSON of every MLiTConfig field) and, when the checkpoint
@@ -22,49 +22,43 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlit import modelfile
-from mlit.checkpoint import CheckpointError
-from mlit.cli import BadInput, output_file, run_command
-from mlit.files import write_bytes_atomic
+from mlit.cli import run_command
+from mlit.errors import BadInput
+from mlit.files import modelfile
+from mlit.files.paths import output_file
 
 
 def export(source: str | Path, out: str | Path, encoder_only: bool = False) -> Path:
-    from safetensors.torch import save
-
+    """A .safetensors export of the model file at `source` (modelfile.write_safetensors)."""
     mf = modelfile.read(source)
-    out = output_file(out, "the output file")
-    state, kind = mf.state, mf.kind
-    if encoder_only:
-        state, kind = mf.encoder_state(), "encoder"
-        if not state:
-            raise CheckpointError(f"{mf.path}: holds no encoder weights")
-    write_bytes_atomic(out, save({k: v.contiguous() for k, v in state.items()},
-                                 modelfile.export_metadata(mf, kind)))
-    return out
+    return modelfile.write_safetensors(mf, output_file(out, "the output file"), encoder_only)
 
 
 def write_onnx(args) -> int:
-    from mlit.eval import test_loader
-    from mlit.export_onnx import deploy_modules, export_onnx
+    from mlit.inference import onnx_export
+    from mlit.inference.evaluation import test_loader
 
-    deploy_modules()  # what to install, before any work
+    onnx_export.deploy_modules()  # what to install, before any work
     mf = modelfile.read(args.checkpoint)
     out = output_file(args.out, "the output file")
     loader = test_loader(mf)  # real test images for the checks, None without the dataset
-    report = export_onnx(mf, out, args.int8, args.encoder_only, loader)
+    report = onnx_export.export_onnx(mf, out, args.int8, args.encoder_only, loader)
     worst = max(r["max_abs_diff"] for r in report["parity"])
     sources = sorted({r["images"] for r in report["parity"]})
+    batches = ", ".join(map(str, onnx_export.BATCHES[:-1])) + f" and {onnx_export.BATCHES[-1]}"
     print(f"wrote {out}: {mf.name} ({'encoder' if args.encoder_only else mf.kind}), ONNX "
-          f"opset 18{', int8' if args.int8 else ''}, {out.stat().st_size / 2**20:.2f} MiB")
+          f"opset {onnx_export.OPSET}{', int8' if args.int8 else ''}, "
+          f"{out.stat().st_size / 2**20:.2f} MiB")
     print(f"checked: onnx.checker full check; ONNX Runtime against PyTorch on "
-          f"{' and '.join(sources)} images at batch 1, 7 and 64: largest logit difference "
+          f"{' and '.join(sources)} images at batch {batches}: largest logit difference "
           f"{worst:.1e}, the same classes and the same experts per untied token")
     if "top1" in report:
         fp32, int8 = report["top1"]["fp32"], report["top1"]["int8"]
         print(f"test top-1: int8 {int8:.4f}, fp32 {fp32:.4f}")
-        if int8 < fp32 - 0.01:
-            print(f"warning: the int8 file's test top-1 {int8:.4f} is more than one point "
-                  f"below fp32's {fp32:.4f}", file=sys.stderr)
+        if int8 < fp32 - onnx_export.INT8_DROP:
+            print(f"warning: the int8 file's test top-1 {int8:.4f} is more than "
+                  f"{onnx_export.INT8_DROP * 100:g} point below fp32's {fp32:.4f}",
+                  file=sys.stderr)
     elif args.int8:
         print("test top-1 not measured: the run's test split is not on this machine")
     return 0

@@ -23,14 +23,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mlit.cli import BadInput, output_folder, run_command  # noqa: E402
-from mlit.records import read_epochs  # noqa: E402
+from mlit.cli import run_command
+from mlit.errors import BadInput  # noqa: E402
+from mlit.files.paths import output_folder
+from mlit.files.records import read_epochs  # noqa: E402
 
 PRETRAINING = ("pretrain", "simclr")
 
 
 def read_run(folder: Path) -> list[dict]:
-    """A run's epochs, every line checked (mlit.records.EpochRecord)."""
+    """A run's epochs, every line checked (mlit.files.records.EpochRecord)."""
     for name in ("metrics.jsonl", "result.json"):
         if (folder / name).is_file():
             return read_epochs(folder / name)

@@ -1,3 +1,5 @@
+"""Every test: Triton's interpreter where there is no GPU, and a fixed torch seed."""
+
 import os
 
 import torch

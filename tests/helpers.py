@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mlit.config import build_recipe
 from mlit.data.synthetic import write_cifar100  # noqa: F401 (the tests' generator)
+from mlit.recipe.schema import build_recipe
 
 
 def tiny_recipe(out, stages: dict, model_name="mlit_micro", **sections):
@@ -14,3 +14,14 @@ def tiny_recipe(out, stages: dict, model_name="mlit_micro", **sections):
     for key, value in sections.items():
         tree[key].update(value) if isinstance(tree.get(key), dict) else tree.update({key: value})
     return build_recipe(tree)
+
+
+# the overrides that make any recipe a fast CPU run of mLiT-micro
+TINY = ["model.name=mlit_micro", "train.progress=false", "train.threads=2",
+        "data.num_workers=0"]
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()

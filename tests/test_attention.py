@@ -1,9 +1,12 @@
+"""Grouped-query attention (mlit/model/attention.py) against a hand computation, and as plain
+multi-head attention when every head has its own key/value group."""
+
 import math
 
 import pytest
 import torch
 
-from mlit.attention import GroupedQueryAttention
+from mlit.model.attention import GroupedQueryAttention
 
 
 def hand_attention(attn: GroupedQueryAttention, x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from mlit import eval as eval_cli
 from mlit import export as export_cli
 from mlit import plot as plot_cli
 from mlit import train as train_cli
-from mlit.checkpoint import CheckpointError
+from mlit.files.checkpoint import CheckpointError
 from mlit.shape import __main__ as shape_cli
 from mlit.zoo import __main__ as zoo_cli
 
@@ -372,8 +372,8 @@ def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
 def test_interrupted_zoo_runs_say_which_model_and_resume(tmp_path, monkeypatch, capsys):
     """The zoo's runner under Ctrl-C: the model that was training is named, marked
     interrupted (not failed), and the line says the same command resumes."""
-    from mlit.cli import Interrupted
-    from mlit.zoo import runner
+    from mlit.errors import Interrupted
+    from mlit.population import runner
 
     def interrupt(*args, **kwargs):
         raise Interrupted(signal.SIGINT)

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from mlit.config import Augment
 from mlit.data.device import DeviceLoader, random_erasing, sample_boxes
 from mlit.data.transforms import train_transform
+from mlit.recipe.schema import Augment
 
 N = 1500
 

@@ -135,7 +135,7 @@ def skip_an_expert(rank: int, init_file: str, results: str) -> None:
     """One rank's half of a DDP step of an MoE layer whose rank-1 tokens skip expert 0."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from mlit.moe import SharedSwiGLUExperts
+    from mlit.model.moe import SharedSwiGLUExperts
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=2)

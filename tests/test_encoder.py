@@ -1,8 +1,11 @@
+"""The mLiT encoder and classifier (mlit/model/encoder.py): depth-wise scaling and expert
+stages, patchify, the dummy patch the classifier reads, shapes and gradients."""
+
 import pytest
 import torch
 
 import mlit
-from mlit.encoder import patchify, unpatchify
+from mlit.model.encoder import patchify, unpatchify
 
 SCHEDULES = {  # h_l = h1 - floor((h1 - hL) * l / (L - 1)) and the 3 -> 4 -> 5 stages
     "mlit_s": ([144, 139, 134, 129, 124, 119, 114, 108, 103, 98, 93, 88, 83, 78, 72],

@@ -1,11 +1,10 @@
-"""Faults a hostile user or a bad day brings: two runners on one folder, damaged data and
-checkpoints, recipes that are wrong in every way, a full disk, no network. Each ends in one
-line that names the key or the file (exit 2 for bad input, 1 for a fault at run time), with
-the run's files loadable and a resume that is bit-identical to an uninterrupted run."""
+"""Faults a hostile user or a bad day brings: two runners on one folder, damaged or foreign
+checkpoints and run files, a full disk, a folder the machine refuses. Each ends in one line
+that names the file (exit 2 for bad input, 1 for a fault at run time), with the run's files
+loadable and a resume that is bit-identical to an uninterrupted run. Bad recipes are
+tests/test_recipe.py's, damaged datasets tests/test_datasets.py's."""
 
 import json
-import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -17,28 +16,21 @@ import pytest
 import torch
 import yaml
 
-from helpers import tiny_recipe, write_cifar100
-from mlit import checkpoint as ckpt
-from mlit.config import RecipeError, load_recipe
-from mlit.files import read_jsonl
-from mlit.lock import FolderLock
-from mlit.train import main, run
-from mlit.zoo import layout
+from mlit.files import checkpoint as ckpt
+from mlit.files.jsonl import read_jsonl
+from mlit.files.lock import FolderLock
+from mlit.population import layout
+from mlit.population.runner import run_local
+from mlit.train import main
+from mlit.training.recipe_run import run
 from mlit.zoo.plan import plan
 from mlit.zoo.recipe import load_zoo_recipe
-from mlit.zoo.runner import run_local
+
+from helpers import TINY, one_line, tiny_recipe
 
 ROOT = Path(__file__).parents[1]
 SUPERVISED = {"supervised": {"epochs": 4, "batch_size": 256, "base_lr": 4e-3,
                              "warmup_epochs": 1, "checkpoint_every": 1}}
-TINY = ["model.name=mlit_micro", "train.progress=false", "train.threads=2",
-        "data.num_workers=0"]
-
-
-def one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def metric_epochs(path: Path) -> list[int]:
@@ -128,52 +120,7 @@ def test_two_zoo_runners_on_one_folder_train_every_model_once(tmp_path):
         assert layout.status(model_dir) == "done"
 
 
-# -- 2. damaged or foreign inputs -------------------------------------------------------------
-def damage(folder: Path, how: str) -> str:
-    """Spoil cifar-100-python/train as `how` says; returns the words the error must use."""
-    path = folder / "cifar-100-python" / "train"
-    batch = pickle.loads(path.read_bytes(), encoding="latin1")
-    if how == "truncated":
-        path.write_bytes(path.read_bytes()[:500])
-        return "not a readable pickle"
-    if how == "empty":
-        path.write_bytes(b"")
-        return "empty file"
-    if how == "random":
-        path.write_bytes(np.random.default_rng(0).bytes(4000))
-        return "not a readable pickle"
-    if how == "label_range":
-        batch["fine_labels"][3] = 140
-    elif how == "few_labels":
-        batch["fine_labels"] = batch["fine_labels"][:-2]
-    elif how == "float_pixels":
-        batch["data"] = batch["data"].astype(np.float64)
-    elif how == "wrong_size":
-        batch["data"] = batch["data"][:, :3000]
-    elif how == "small_images":  # 16x16 images in a 32x32 folder, as many rows as labels
-        batch["data"] = batch["data"][:, :768].copy()
-    path.write_bytes(pickle.dumps(batch, protocol=2))
-    return {"label_range": "labels must be integers in 0..99 (found ",
-            "few_labels": "62 labels for 64 images", "float_pixels": "pixels are float64",
-            "wrong_size": "'data' is (64, 3000), expected rows of 3072 values",
-            "small_images": "'data' is (64, 768), expected rows of 3072 values"}[how]
-
-
-@pytest.mark.parametrize("how", ["truncated", "empty", "random", "label_range", "few_labels",
-                                 "float_pixels", "wrong_size", "small_images"])
-def test_a_damaged_cifar_file_is_one_line_naming_it(tmp_path, capsys, how):
-    write_cifar100(tmp_path / "data")
-    words = damage(tmp_path / "data", how)
-    out = tmp_path / "out"
-    code = main(["recipes/scratch_cifar100.yaml", f"data.root={tmp_path / 'data'}",
-                 f"train.out={out}", "data.pipeline=torchvision", *TINY])
-    line = one_line(capsys)
-    assert code == 2
-    assert line.startswith(f"mlit.train: {tmp_path / 'data' / 'cifar-100-python' / 'train'}: ")
-    assert words in line
-    assert not list(out.glob("*/checkpoint.pt"))  # before any work
-
-
+# -- 2. damaged or foreign checkpoints and run files -------------------------------------------------------------
 def pretrained_checkpoint(tmp_path) -> Path:
     out = tmp_path / "pre"
     run(tiny_recipe(out, {"pretrain": {"epochs": 1, "batch_size": 256, "base_lr": 1e-3}}))
@@ -280,65 +227,7 @@ def test_a_zoo_result_with_a_partial_last_line_resumes(tmp_path, capsys):
     assert [r["epoch"] for r in layout.read_results(model_dir)] == [0, 1]
 
 
-# -- 3. recipes --------------------------------------------------------------------------------
-@pytest.mark.parametrize("text,message", [
-    ("name: x\npretrain: {epochs: 1}\nmodel: {name: mlit_s}\npretrain: {epochs: 2}\n",
-     "duplicate key 'pretrain' at line 4 (first at line 2)"),
-    ("supervised:\n  epochs: 3\n  batch_size: 8\n  epochs: 4\n",
-     "duplicate key 'epochs' at line 4 (first at line 2)"),
-    ("supervised: {epochs: 3\n", "not valid YAML at line 2, column 1 ("),
-    ("model:\n  name: mlit_s\n   depth: 3\n", "not valid YAML at line 3, column 9 ("),
-])
-def test_recipe_files_that_are_not_clean_yaml(tmp_path, text, message):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(RecipeError) as err:
-        load_recipe(path)
-    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
-    assert "\n" not in str(err.value)
-
-
-def test_a_binary_recipe_file(tmp_path):
-    path = tmp_path / "model.yaml"
-    path.write_bytes(b"\x80\x03}q\x00(X\x05\x00\x00\x00modelq\x01")
-    with pytest.raises(RecipeError, match=f"^{path}: not a YAML text file"):
-        load_recipe(path)
-
-
-@pytest.mark.parametrize("override,message", [
-    ("model.mask_ratio=abc", "model.mask_ratio='abc': must be a finite number"),
-    ("model.mask_ratio=0.0", "model.mask_ratio=0.0: must leave at least one of the 16 patches "
-                             "visible and one masked"),
-    ("model.mask_ratio=0.99", "model.mask_ratio=0.99: must leave at least one"),
-    ("model.expert_dropout=.nan", "model.expert_dropout=nan: must be a finite number"),
-    ("model.depth=2.5", "model.depth=2.5: must be an integer"),
-    ("pretrain.base_lr=.inf", "pretrain.base_lr: Input should be a finite number"),
-    ("finetune.augment.rotation=.nan", "finetune.augment.rotation: Input should be a finite"),
-    ("finetune.augment.crop_scale=[0.9, 0.2]", "finetune.augment.crop_scale: needs 0.0 <= low "
-                                               "<= high <= 1.0 (got [0.9, 0.2])"),
-    ("finetune.augment.crop_scale=[0.0, 0.5]", "finetune.augment.crop_scale: the smallest crop"),
-    ("pretrain.betas=[0.9, 1.5]", "pretrain.betas: each beta must be in [0, 1)"),
-    ("train.device=gpu0", "train.device: 'gpu0' is not a device mlit runs on"),
-    ("train.device=meta", "train.device: 'meta' is not a device mlit runs on"),
-    ("=3", "override '=3': no key before '='"),
-    ("finetune..epochs=3", "override 'finetune..epochs=3': no key before '=' (or an empty part"),
-    ("finetune.epochs=[1,", "override 'finetune.epochs=[1,': not valid YAML"),
-])
-def test_bad_settings_name_the_key_and_what_is_expected(override, message):
-    with pytest.raises(RecipeError) as err:
-        load_recipe(ROOT / "recipes/quickstart.yaml", [override])
-    assert message in str(err.value) and "\n" not in str(err.value)
-
-
-def test_a_cuda_device_that_is_not_there(tmp_path, capsys):
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    device = f"cuda:{n}" if n else "cuda"
-    assert main(["recipes/quickstart.yaml", f"train.out={tmp_path}", f"train.device={device}",
-                 *TINY]) == 2
-    assert one_line(capsys).startswith(f"mlit.train: train.device={device}: ")
-
-
-# -- 4. a full disk ---------------------------------------------------------------------------
+# -- 3. a full disk ---------------------------------------------------------------------------
 def can_mount() -> bool:
     try:
         return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
@@ -372,48 +261,6 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path):
         "checkpoint is none yet"]
     for case in (checkpoint, metrics, tb):
         assert case["resumed"] == {"code": 0, "stderr": []} and case["identical"]
-
-
-# -- 5. no network ------------------------------------------------------------------------------
-def test_a_download_without_network_says_where_to_put_the_files(tmp_path):
-    env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "http_proxy":
-           "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": ""}
-    done = subprocess.run([sys.executable, "-m", "mlit.train", "recipes/scratch_cifar10.yaml",
-                           f"data.root={tmp_path}/data", "data.download=true",
-                           f"train.out={tmp_path}/out", *TINY], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    lines = [l for l in done.stderr.splitlines() if l.startswith("mlit.train")]
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith("mlit.train: downloading cifar10 from "
-                               "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz failed (")
-    assert lines[0].endswith(f"without a network, put cifar-10-batches-py/ under "
-                             f"{tmp_path}/data by hand")
-
-
-def test_damaged_svhn_and_flowers_files_are_named(tmp_path):
-    """The .mat datasets: a file that does not load, and labels out of range."""
-    import scipy.io
-
-    from mlit.data.datasets import DatasetInvalid, build_dataset
-
-    rng = np.random.default_rng(0)
-    path = tmp_path / "train_32x32.mat"
-    labels = rng.integers(1, 11, size=(20, 1))
-    labels[4] = 12  # SVHN's labels are 1..10 (10 is the digit 0)
-    scipy.io.savemat(path, {"X": rng.integers(0, 256, (32, 32, 3, 20), dtype=np.uint8),
-                            "y": labels})
-    with pytest.raises(DatasetInvalid, match=rf"^{path}: labels must be integers in 0\.\.9"):
-        build_dataset("svhn", str(tmp_path), True, None)
-    path.write_bytes(rng.bytes(500))
-    with pytest.raises(DatasetInvalid, match=f"^{path}: not a readable SVHN .mat file"):
-        build_dataset("svhn", str(tmp_path), True, None)
-    folder = tmp_path / "flowers-102"
-    (folder / "jpg").mkdir(parents=True)
-    for name in ("imagelabels.mat", "setid.mat"):
-        (folder / name).write_bytes(rng.bytes(300))
-    with pytest.raises(DatasetInvalid, match=f"^{folder}: the label files"):
-        build_dataset("flowers102", str(tmp_path), True, None)
 
 
 def test_a_run_folder_the_machine_refuses_is_one_line(tmp_path, capsys):

@@ -4,7 +4,7 @@ parameters a token uses."""
 import pytest
 
 import mlit
-from mlit.flops import active_params, forward_flops, training_flops
+from mlit.model.flops import active_params, forward_flops, training_flops
 
 
 def hand_count(cfg, num_classes=100) -> int:

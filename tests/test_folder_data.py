@@ -15,7 +15,7 @@ from mlit import eval as eval_cli
 from mlit import export as export_cli
 from mlit.data import folder
 from mlit.data.folder import MAX_UNREADABLE
-from mlit.modelfile import read
+from mlit.files.modelfile import read
 from mlit.train import main
 
 CLASSES = ["cat", "dog", "emu"]
@@ -82,8 +82,9 @@ def test_the_device_pipeline_keeps_a_folder_at_its_stored_size(tmp_path, capsys)
     assert train(root, tmp_path / "run", "data.pipeline=device", "data.stored_size=20",
                  "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]") == 0
     assert "normalisation data.mean and data.std" in capsys.readouterr().err
-    from mlit.data.loaders import device_split
     import torch
+
+    from mlit.data.loaders import device_split
 
     images, labels = device_split("folder", str(root), True, 12, False, torch.device("cpu"), 20)
     assert images.shape == (36, 3, 20, 20) and images.dtype == torch.uint8

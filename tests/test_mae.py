@@ -1,9 +1,12 @@
+"""mmLiT, the masked auto-encoder (mlit/model/mae.py): random masking that keeps the dummy
+patch, shapes, the loss's three terms, gradients, and its encoder in the classifier."""
+
 import pytest
 import torch
 
 import mlit
-from mlit.encoder import patchify
-from mlit.mae import random_masking
+from mlit.model.encoder import patchify
+from mlit.model.mae import random_masking
 
 
 def test_masking_keeps_36_random_patches_plus_the_dummy():

@@ -1,3 +1,6 @@
+"""MLiTConfig (mlit/model/config.py): impossible shapes name their field, and the named sizes
+have the paper's parameter counts."""
+
 import json
 import subprocess
 import sys

@@ -1,8 +1,11 @@
+"""The mixture of experts (mlit/model/moe.py, dispatch.py, mixtures.py): noisy top-k gating,
+its balancing losses, and every dispatch and sharing arrangement against the sum of gated experts."""
+
 import pytest
 import torch
 
-from mlit.dispatch import expert_mixture
-from mlit.moe import MoELayer, NoisyTopKGate, cv_squared
+from mlit.model.dispatch import expert_mixture
+from mlit.model.moe import MoELayer, NoisyTopKGate, cv_squared
 
 
 def make_gate(dim=16, experts=4, k=2, **kw):
@@ -164,7 +167,7 @@ def test_gate_rejects_k_larger_than_experts():
 # -- Table 9: which two projections the experts share -------------------------------------------
 def arrangement_inputs(shared, N=40, d=12, h=7, E=4, k=2, seed=0):
     """Tokens, top-k gates and (W, b, V, c, W2, b2): the owned projection stacked per expert,
-    the shared two in nn.Linear's layout (mlit.dispatch's contract)."""
+    the shared two in nn.Linear's layout (mlit.model.dispatch's contract)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N, d, generator=g)
     vals, idx = torch.randn(N, E, generator=g).topk(k, dim=1)
@@ -240,7 +243,7 @@ def test_the_triton_kernel_refuses_an_arrangement_it_cannot_fuse():
     x, gates, weights = arrangement_inputs("w_v")
     with pytest.raises(ValueError, match="moe_impl=triton does not support shared=w_v"):
         expert_mixture(x, gates, *weights, shared="w_v", impl="triton")
-    from mlit.dispatch import resolve_impl
+    from mlit.model.dispatch import resolve_impl
 
     meta = torch.empty(1, device="meta")
     assert resolve_impl("auto", meta, "w_v") == "torch"

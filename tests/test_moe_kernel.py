@@ -12,20 +12,20 @@ import pytest
 import torch
 
 import mlit
-from mlit.dispatch import expert_mixture
-from mlit.kernels import selfcheck
-from mlit.kernels.selfcheck import NAMES, SHAPES, as_w_w2
+from mlit.model import kernel_check
+from mlit.model.dispatch import expert_mixture
+from mlit.model.kernel_check import NAMES, SHAPES, as_w_w2
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def routed_inputs(*shape, **kwargs):
-    return selfcheck.routed_inputs(*shape, device=DEVICE, **kwargs)
+    return kernel_check.routed_inputs(*shape, device=DEVICE, **kwargs)
 
 
 def output_and_grads(impl, inputs, shared="v_w2"):
-    return selfcheck.output_and_grads(partial(expert_mixture, impl=impl), inputs, shared)
+    return kernel_check.output_and_grads(partial(expert_mixture, impl=impl), inputs, shared)
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -123,8 +123,8 @@ def test_model_with_triton_dispatch_compiles_as_one_graph():
 
 
 def test_auto_picks_triton_on_cuda_and_torch_elsewhere():
-    from mlit.dispatch import TRITON_SHARED, resolve_impl
     from mlit.kernels.moe import TRITON_ARRANGEMENTS
+    from mlit.model.dispatch import TRITON_SHARED, resolve_impl
 
     assert set(TRITON_ARRANGEMENTS) == set(TRITON_SHARED)  # the kernel serves what dispatch says
 
@@ -164,13 +164,13 @@ QUICK = ["recipes/quickstart.yaml", "model.name=mlit_micro", "pretrain.epochs=1"
 @pytest.fixture
 def wrong_kernel(monkeypatch):
     """A Triton mixture that returns wrong numbers, and a process that has checked nothing."""
-    import mlit.dispatch
     import mlit.kernels.moe
+    import mlit.model.dispatch
 
     real = mlit.kernels.moe.triton_expert_mixture
     monkeypatch.setattr(mlit.kernels.moe, "triton_expert_mixture",
                         lambda *args: real(*args) + 0.1)
-    monkeypatch.setattr(mlit.dispatch, "_TRUSTED", {})
+    monkeypatch.setattr(mlit.model.dispatch, "_TRUSTED", {})
 
 
 def test_explicit_triton_with_a_wrong_kernel_stops_with_one_line(tmp_path, wrong_kernel,
@@ -189,10 +189,10 @@ def test_auto_with_a_wrong_kernel_warns_once_and_trains_with_torch(tmp_path, wro
                                                                     monkeypatch, capsys):
     """`auto` picks Triton where triton_preferred says so (CUDA; here the CPU, under the
     interpreter): the check fails, one line says so, and the run finishes with torch."""
-    import mlit.dispatch
+    import mlit.model.dispatch
     from mlit.train import main
 
-    monkeypatch.setattr(mlit.dispatch, "triton_preferred", lambda x: True)
+    monkeypatch.setattr(mlit.model.dispatch, "triton_preferred", lambda x: True)
     assert main([*QUICK, f"train.out={tmp_path}"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "Triton" in line]
     assert len(warnings) == 1, warnings
@@ -200,29 +200,29 @@ def test_auto_with_a_wrong_kernel_warns_once_and_trains_with_torch(tmp_path, wro
     assert warnings[0].endswith("using moe_impl=torch (the PyTorch implementation) for the "
                                 "rest of this run")
     x = torch.randn(3, 16)
-    assert mlit.dispatch.resolve_impl("auto", x) == "torch"
+    assert mlit.model.dispatch.resolve_impl("auto", x) == "torch"
 
 
 def test_a_kernel_that_fails_to_build_is_named_with_its_error(monkeypatch):
-    import mlit.dispatch
     import mlit.kernels.moe
+    import mlit.model.dispatch
 
     def broken(*args):
         raise RuntimeError("PTX .version 9.9 does not support .target sm_999\nmore detail")
 
     monkeypatch.setattr(mlit.kernels.moe, "triton_expert_mixture", broken)
-    monkeypatch.setattr(mlit.dispatch, "_TRUSTED", {})
-    with pytest.raises(selfcheck.KernelFault, match=r"^Triton MoE kernel on cpu, float32: "
+    monkeypatch.setattr(mlit.model.dispatch, "_TRUSTED", {})
+    with pytest.raises(kernel_check.KernelFault, match=r"^Triton MoE kernel on cpu, float32: "
                        r"failed to run \(RuntimeError: PTX .version 9.9 does not support "
                        r"\.target sm_999\)$"):
-        mlit.dispatch.kernel_trusted(torch.device("cpu"), torch.float32, "v_w2", strict=True)
+        mlit.model.dispatch.kernel_trusted(torch.device("cpu"), torch.float32, "v_w2", strict=True)
 
 
 def test_the_real_kernel_passes_its_first_dispatch_check(monkeypatch):
-    import mlit.dispatch
+    import mlit.model.dispatch
 
-    monkeypatch.setattr(mlit.dispatch, "_TRUSTED", {})
-    result = selfcheck.compare(selfcheck.routed_inputs(*selfcheck.SMALL_PROBLEM))
+    monkeypatch.setattr(mlit.model.dispatch, "_TRUSTED", {})
+    result = kernel_check.compare(kernel_check.routed_inputs(*kernel_check.SMALL_PROBLEM))
     assert result.passed and set(result.errors) == set(NAMES)
-    assert mlit.dispatch.kernel_trusted(torch.device(DEVICE), torch.float32, "w_w2")
-    assert mlit.dispatch._TRUSTED == {(torch.device(DEVICE), torch.float32, "w_w2"): True}
+    assert mlit.model.dispatch.kernel_trusted(torch.device(DEVICE), torch.float32, "w_w2")
+    assert mlit.model.dispatch._TRUSTED == {(torch.device(DEVICE), torch.float32, "w_w2"): True}

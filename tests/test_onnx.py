@@ -20,8 +20,9 @@ import torch  # noqa: E402
 
 from mlit import eval as eval_cli  # noqa: E402
 from mlit import export as export_cli  # noqa: E402
-from mlit import modelfile  # noqa: E402
-from mlit.export_onnx import BATCHES, Deployable, module_to_export, session  # noqa: E402
+from mlit.files import modelfile  # noqa: E402
+from mlit.inference.onnx_export import BATCHES, Deployable, module_to_export  # noqa: E402
+from mlit.inference.onnx_runtime import session
 from mlit.train import main as train  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -150,9 +151,9 @@ def test_bench_infer_quick_runs(tmp_path):
 
 
 def test_a_failed_check_is_one_line_and_leaves_no_file(run, monkeypatch, capsys):
-    import mlit.export_onnx
+    import mlit.inference.onnx_export
 
-    monkeypatch.setattr(mlit.export_onnx, "LOGIT_TOLERANCE", -1.0)  # nothing can pass
+    monkeypatch.setattr(mlit.inference.onnx_export, "LOGIT_TOLERANCE", -1.0)  # nothing can pass
     capsys.readouterr()
     assert export_cli.main([str(run / "finetune" / "checkpoint.pt"),
                             str(run / "failed.onnx")]) == 1

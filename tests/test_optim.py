@@ -1,8 +1,11 @@
+"""The optimiser (mlit/training/optim.py): layer-wise lr decay groups, the linear scaling rule,
+warm-up then cosine per step."""
+
 import pytest
 
 import mlit
-from mlit.config import Stage
-from mlit.optim import build_optimizer, lr_at, param_groups
+from mlit.recipe.schema import Stage
+from mlit.training.optim import build_optimizer, lr_at, param_groups
 
 
 def test_layer_wise_lr_decay_groups():

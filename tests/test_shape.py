@@ -9,11 +9,12 @@ import pytest
 import yaml
 
 import mlit
-from mlit.config import RecipeError, model_settings
+from mlit.population import layout
+from mlit.recipe.reading import RecipeError
+from mlit.recipe.schema import model_settings
 from mlit.shape.__main__ import main
 from mlit.shape.fit import UntrustedFit, fit_law
 from mlit.shape.recipe import load_sweep, shape_of, with_shape
-from mlit.zoo import layout
 
 ROOT = Path(__file__).parents[1]
 TRUE = dict(alpha=30.0, a=0.7, beta=2e3, b=0.5, xi=50.0, c=0.35, eps=0.08)

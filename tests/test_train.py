@@ -1,14 +1,21 @@
+"""The training runner (mlit/training/): a digits run that learns, exact resume, stages in
+order, a non-finite loss, the CIFAR on-disk format, compiled training, every arrangement."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from mlit.data.catalogue import build_dataset
+from mlit.data.datasets import CIFAR100
+from mlit.data.errors import DatasetMissing
+from mlit.files import checkpoint as ckpt
+from mlit.train import main
+from mlit.training.engine import NonFiniteLoss
+from mlit.training.recipe_run import run
+
 from helpers import tiny_recipe, write_cifar100
-from mlit import checkpoint as ckpt
-from mlit.data.datasets import CIFAR100, DatasetMissing, build_dataset
-from mlit.engine import NonFiniteLoss
-from mlit.train import main, run
 
 SUPERVISED = {"supervised": {"epochs": 4, "batch_size": 256, "base_lr": 4e-3,
                              "warmup_epochs": 1, "checkpoint_every": 1,
@@ -76,15 +83,15 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     run(tiny_recipe(tmp_path, SUPERVISED, train={"stop_after_epochs": 1}))
     path = tmp_path / "supervised" / "checkpoint.pt"
     good = path.read_bytes()
-    import mlit.engine
+    import mlit.training.engine
 
-    original = mlit.engine.loss_parts
+    original = mlit.training.engine.loss_parts
 
     def poisoned(*args, **kwargs):  # from the resumed epoch on, the loss is NaN
         parts = original(*args, **kwargs)
         return {**parts, "loss": parts["loss"] * float("nan")}
 
-    monkeypatch.setattr(mlit.engine, "loss_parts", poisoned)
+    monkeypatch.setattr(mlit.training.engine, "loss_parts", poisoned)
     with pytest.raises(NonFiniteLoss) as err:
         run(tiny_recipe(tmp_path, SUPERVISED))
     assert 5 <= err.value.step < 10  # epoch 2 (5 steps an epoch)

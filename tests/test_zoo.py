@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
-from mlit.zoo import layout
+from mlit.population import layout
+from mlit.population.plan import shard
+from mlit.population.runner import run_local, run_one
 from mlit.zoo.__main__ import main
-from mlit.zoo.plan import plan, shard
+from mlit.zoo.plan import plan
 from mlit.zoo.recipe import load_zoo_recipe
-from mlit.zoo.runner import run_local, run_one
 
 ROOT = Path(__file__).parents[1]
 MICRO = {
@@ -96,7 +97,7 @@ def test_sharding_covers_every_run_exactly_once():
         seen = [r.path for i in range(n) for r in shard(runs, i, n)]
         assert sorted(seen) == sorted(r.path for r in runs)
     with pytest.raises(ValueError, match="0 <= i < n"):
-        from mlit.zoo.plan import parse_shard
+        from mlit.population.plan import parse_shard
         parse_shard("4/4")
 
 
@@ -147,10 +148,10 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     target = next(r for r in runs if r.backbone == runs[0].path)
     # a process that is killed after its first epoch
     code = (f"import os, sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-            "from mlit.zoo import plan, recipe, runner, layout\n"
+            "from mlit.zoo import plan, recipe\nfrom mlit.population import runner, layout\n"
             f"runs = plan.plan(recipe.load_zoo_recipe({str(recipe)!r}), {str(zoo_dir)!r})\n"
             f"run = next(r for r in runs if r.path == {target.path!r})\n"
-            "from mlit.stage import StageRun\n"
+            "from mlit.training.stage import StageRun\n"
             "original = StageRun.save\n"
             "def save_then_die(self):\n"
             "    original(self)\n"

@@ -10,7 +10,7 @@ References: a dense ViT of mLiT-XXS's depth, width and parameter count (model.ff
 project's throughput reference), a CIFAR ResNet-56 (He et al. 2016; the paper's Table 7
 reference, defined here: no library ships it), and timm's mobilevit_xxs and
 deit_tiny_patch16_224 when timm is installed. mLiT is exported as `mlit.export` does
-(mlit/export_onnx.py: every expert in one GEMM, weighted by the top-k gate).
+(mlit/inference/onnx_export.py: every expert in one GEMM, weighted by the top-k gate).
 
 Per model, backend and thread count: batch 1 latency (median and 90th percentile over the
 timed runs, warm-up excluded) and batch 64 images/s; the ONNX file's size; and the peak
@@ -118,7 +118,7 @@ def models(quick: bool) -> list[str]:
 
 # -- measuring one model ------------------------------------------------------------------------
 def onnx_file(name: str, model: nn.Module, size: int, how: str, folder: Path) -> Path:
-    from mlit.export_onnx import Deployable, write_graph
+    from mlit.inference.onnx_export import Deployable, write_graph
 
     path = folder / f"{name}.onnx"
     if how == "mlit":  # as mlit.export writes it: the dense mixture, weighted by the gate
@@ -142,7 +142,8 @@ def timings(fn, runs: int, warmup: int) -> list[float]:
 
 
 def measure(name: str, threads: list[int], quick: bool, folder: Path) -> list[dict]:
-    from mlit.export_onnx import quantize, session
+    from mlit.inference.onnx_export import quantize
+    from mlit.inference.onnx_runtime import session
 
     torch.manual_seed(0)
     model, size, how = build(name)

@@ -4,7 +4,7 @@
     python tools/bench_moe.py --quick          # a fast sanity run (CPU: fp32, small N)
     python tools/bench_moe.py --step           # also a full mLiT-S training step per impl
 
-Implementations (mlit/dispatch.py): naive = per-expert gather, compute, index_add (the
+Implementations (mlit/model/dispatch.py): naive = per-expert gather, compute, index_add (the
 sparse reference); dense = one GEMM x [V | W_1..W_E] for every expert, masked by the gates,
 eager and under torch.compile; triton = the fused kernel (CUDA only). Shapes: the first
 layer (h1, 3 experts) and the last (hL, 5 experts) of each size, with N = 448 x 145 tokens
@@ -25,7 +25,8 @@ import torch
 from torch.utils import benchmark
 
 import mlit
-from mlit.dispatch import dense_expert_mixture, expert_mixture, torch_expert_mixture
+from mlit.model.dispatch import expert_mixture
+from mlit.model.mixtures import dense_expert_mixture, torch_expert_mixture
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -25,12 +25,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import mlit
-from mlit.config import Augment, Stage
-from mlit.data.datasets import INFO
+from mlit.data.catalogue import INFO
 from mlit.data.device import DeviceLoader
 from mlit.data.transforms import train_transform
-from mlit.engine import select_precision, train_step
-from mlit.optim import build_optimizer
+from mlit.recipe.schema import Augment, Stage
+from mlit.training.engine import select_precision, train_step
+from mlit.training.optim import build_optimizer
 
 MEAN, STD = INFO["cifar100"].mean, INFO["cifar100"].std
 MAE_AUG = Augment(crop_scale=(0.2, 1.0), hflip=True)

@@ -11,51 +11,18 @@ import json
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from mlit.errors import first_line
 
-
-@dataclass
-class Part:
-    name: str
-    checks: list[dict] = field(default_factory=list)
-    figures: dict = field(default_factory=dict)
-    markdown: list[str] = field(default_factory=list)
-    summary: str = ""
-
-    def check(self, name: str, passed: bool, detail: str = "") -> bool:
-        self.checks.append({"name": name, "passed": bool(passed), "detail": detail})
-        return passed
-
-    def table(self, header: list[str], rows: list[list]) -> None:
-        self.markdown += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        self.markdown += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        self.markdown.append("")
-
-    def result(self) -> dict:
-        failed = [c for c in self.checks if not c["passed"]]
-        summary = self.summary or f"{len(self.checks) - len(failed)}/{len(self.checks)} checks"
-        if failed:
-            summary += "; failed: " + ", ".join(c["name"] for c in failed[:4])
-        return {"part": self.name, "passed": not failed, "summary": summary,
-                "checks": self.checks, "figures": self.figures,
-                "markdown": "\n".join(self.markdown) + "\n"}
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+from gpu_check_common import ROOT, Part, device, dtype_name
+from gpu_check_train import attention_kernels, profile_steps, train_variants
 
 
 # -- env --------------------------------------------------------------------------------------
-def part_env(part: Part, smoke: bool) -> None:
+def part_env(part: Part, smoke: bool, out: Path) -> None:
     import numpy
     import triton
 
@@ -92,25 +59,25 @@ def nvidia_driver() -> str | None:
 
 
 # -- kernel -----------------------------------------------------------------------------------
-def part_kernel(part: Part, smoke: bool) -> None:
-    """The Triton MoE kernel against the float32 reference (mlit.kernels.selfcheck) at the
+def part_kernel(part: Part, smoke: bool, out: Path) -> None:
+    """The Triton MoE kernel against the float32 reference (mlit.model.kernel_check) at the
     tests' shapes, both arrangements, every dtype; then the custom op's opcheck."""
-    from mlit.kernels import selfcheck
     from mlit.kernels.moe import moe_hidden
+    from mlit.model import kernel_check
 
     dev = device()
     dtypes = [torch.float32] if smoke else [torch.float32, torch.float16, torch.bfloat16]
-    shapes = ({k: selfcheck.SHAPES[k] for k in ("tiny", "odd_widths")} if smoke
-              else selfcheck.SHAPES)
+    shapes = ({k: kernel_check.SHAPES[k] for k in ("tiny", "odd_widths")} if smoke
+              else kernel_check.SHAPES)
     rows = []
     for shared in ("v_w2", "w_w2"):
         for dtype in dtypes:
             for label, shape in shapes.items():
-                inputs = selfcheck.routed_inputs(*shape, device=dev)
-                inputs = selfcheck.as_w_w2(inputs) if shared == "w_w2" else inputs
-                cmp = selfcheck.compare(inputs, dtype, shared)
+                inputs = kernel_check.routed_inputs(*shape, device=dev)
+                inputs = kernel_check.as_w_w2(inputs) if shared == "w_w2" else inputs
+                cmp = kernel_check.compare(inputs, dtype, shared)
                 name, error = cmp.worst
-                tol = selfcheck.TOLERANCE[dtype]
+                tol = kernel_check.TOLERANCE[dtype]
                 part.check(f"{shared} {dtype_name(dtype)} {label}", cmp.passed,
                            f"{name} {error:.2e} (allowed {tol:.0e})")
                 rows.append([shared, dtype_name(dtype), label, shape, name, f"{error:.2e}",
@@ -120,7 +87,7 @@ def part_kernel(part: Part, smoke: bool) -> None:
     part.table(["shared", "dtype", "shape", "(N, d, h, E)", "worst", "error", "allowed",
                 "result"], rows)
     for dtype in dtypes[:1] + ([torch.bfloat16] if dev.type == "cuda" else []):
-        x, gates, w, b, v, c, *_ = selfcheck.routed_inputs(20, 16, 8, 3, device=dev)
+        x, gates, w, b, v, c, *_ = kernel_check.routed_inputs(20, 16, 8, 3, device=dev)
         for swish_shared in (False, True):
             args = (x.to(dtype).requires_grad_(), gates, w.to(dtype).requires_grad_(),
                     b.to(dtype), v.to(dtype), c.to(dtype), swish_shared)
@@ -129,7 +96,7 @@ def part_kernel(part: Part, smoke: bool) -> None:
                     "test_schema", "test_autograd_registration", "test_faketensor"))
                 ok, detail = True, ""
             except Exception as err:  # opcheck raises OpCheckError and others
-                ok, detail = False, str(err).splitlines()[0][:200]
+                ok, detail = False, first_line(err, 200)
             part.check(f"opcheck {dtype_name(dtype)} swish_shared={swish_shared}", ok, detail)
     part.markdown.append(f"`torch.library.opcheck` (schema, autograd registration, fake "
                          f"tensor): {sum(c['passed'] for c in part.checks if 'opcheck' in c['name'])}"
@@ -138,8 +105,6 @@ def part_kernel(part: Part, smoke: bool) -> None:
 
 # -- train ------------------------------------------------------------------------------------
 def part_train(part: Part, smoke: bool, out: Path) -> None:
-    from gpu_check_train import attention_kernels, train_variants
-
     train_variants(part, smoke, out)
     attention_kernels(part, smoke)
 
@@ -247,23 +212,14 @@ def goals(figures: dict) -> dict:
 
 
 # -- profile ----------------------------------------------------------------------------------
-def part_profile(part: Part, smoke: bool) -> None:
-    from gpu_check_train import profile_steps
-
-    profile_steps(part, smoke)
-
-
+# every part: (part, smoke, out) -> None, filling `part`
 PARTS = {"env": part_env, "kernel": part_kernel, "train": part_train, "bench": part_bench,
-         "profile": part_profile}
+         "profile": profile_steps}
 
 
 def run(name: str, out: Path, smoke: bool) -> int:
     part = Part(name)
-    fn = PARTS[name]
-    if name in ("train", "bench"):
-        fn(part, smoke, out)
-    else:
-        fn(part, smoke)
+    PARTS[name](part, smoke, out)
     result = part.result()
     (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"[{name}] {result['summary']}")

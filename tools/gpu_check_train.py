@@ -18,7 +18,8 @@ import torch
 from torch._dynamo.utils import counters
 
 import mlit
-from gpu_check_parts import Part, device, dtype_name
+
+from gpu_check_common import Part, device, dtype_name
 
 # (label, overrides): the paper's fp16 with a gradient scaler, bf16, bf16 compiled + CUDA graphs
 VARIANTS = [("fp16", ["train.amp=fp16"]), ("bf16", ["train.amp=bf16"]),
@@ -51,8 +52,8 @@ class StepLoopProbe:
 
     @contextlib.contextmanager
     def installed(self):
-        from mlit.engine import StepTracker
-        from mlit.stage import StageRun
+        from mlit.training.engine import StepTracker
+        from mlit.training.stage import StageRun
 
         probe, cuda = self, torch.cuda.is_available()
         run_epoch, check, means, log_step = (StageRun.run_epoch, StepTracker.check,
@@ -100,7 +101,7 @@ class StepLoopProbe:
 
 def train_variants(part: Part, smoke: bool, out: Path) -> None:
     from mlit.data.synthetic import write_cifar100
-    from mlit.files import read_jsonl
+    from mlit.files.jsonl import read_jsonl
     from mlit.train import main
 
     run = SMOKE_RUN if smoke else GPU_RUN
@@ -156,7 +157,7 @@ def train_variants(part: Part, smoke: bool, out: Path) -> None:
 def attention_kernels(part: Part, smoke: bool) -> None:
     """Which kernel scaled_dot_product_attention runs for each head dimension of the models
     (forward and backward, in the training dtype), read off the profiler."""
-    from mlit.attention import GroupedQueryAttention
+    from mlit.model.attention import GroupedQueryAttention
 
     dev = device()
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -222,12 +223,12 @@ def attention_backend(names: list[str]) -> str:
 
 
 # -- profile ----------------------------------------------------------------------------------
-def profile_steps(part: Part, smoke: bool) -> None:
+def profile_steps(part: Part, smoke: bool, out: Path) -> None:
     """The ten costliest kernels of one compiled mmLiT-S MAE step and one fine-tuning step
     (smoke: mLiT-micro, eager, CPU operators)."""
-    from mlit.config import Stage
-    from mlit.engine import select_precision, train_step
-    from mlit.optim import build_optimizer
+    from mlit.recipe.schema import Stage
+    from mlit.training.engine import select_precision, train_step
+    from mlit.training.optim import build_optimizer
 
     dev = device()
     precision = select_precision(dev, "bf16" if dev.type == "cuda" else "fp32")

@@ -8,7 +8,7 @@ with the forward FLOPs per image and the parameters active per token.
 
 classifier = encoder + a 100-class linear head; decoder = the MAE decoder alone; flops = the
 classifier's forward FLOPs for one 36x36 image, counted by torch.utils.flop_counter (a
-multiply-add is 2 FLOPs; mlit/flops.py); active_params = the classifier's parameters one token
+multiply-add is 2 FLOPs; mlit/model/flops.py); active_params = the classifier's parameters one token
 uses (k of E experts per MoE layer).
 """
 
@@ -18,7 +18,7 @@ import argparse
 import json
 
 import mlit
-from mlit.flops import active_params, forward_flops
+from mlit.model.flops import active_params, forward_flops
 
 PAPER = {  # millions: encoder (Table 1), classifier with CIFAR-100 head (Table 7), decoder (Table 2)
     "mlit_s": (2.36, 2.38, 0.34),

@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from mlit.config import Augment
+from mlit.data.errors import DatasetInvalid
 from mlit.data.transforms import POLICIES, color_jitter
 from mlit.distributed import World
+from mlit.recipe.schema import Augment
 
 
 def decode(dataset, transform) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every image of a PIL dataset through `transform` (to uint8 tensors), and the labels;
     a file that does not decode is a DatasetInvalid naming it."""
-    from mlit.data.datasets import DatasetInvalid
 
     saved, dataset.transform = dataset.transform, transform
     images, labels = [], []
@@ -62,7 +62,7 @@ def has_arrays(dataset) -> bool:
     """Datasets held as one array of equal-size images (CIFAR, SVHN, digits)."""
     data = getattr(dataset, "data", None)
     return (isinstance(data, np.ndarray) and data.ndim == 4) or (
-        hasattr(dataset, "images") and getattr(dataset, "images").ndim == 3)
+        hasattr(dataset, "images") and dataset.images.ndim == 3)
 
 
 def dataset_to_uint8(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +75,7 @@ def dataset_to_uint8(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = getattr(dataset, "targets", None)
         labels = labels if labels is not None else dataset.labels
         return images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if hasattr(dataset, "images") and getattr(dataset, "images").ndim == 3:  # digits
+    if hasattr(dataset, "images") and dataset.images.ndim == 3:  # digits
         images = torch.from_numpy(dataset.images).unsqueeze(1).expand(-1, 3, -1, -1)
         return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.long)
     # anything else (Flowers102): decode once, resized to the model's input size, as the

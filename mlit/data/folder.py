@@ -26,6 +26,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from mlit.data.errors import DatasetInvalid, DatasetMissing
+from mlit.errors import first_line
+
 MAX_UNREADABLE = 10  # per split and process group: more means a damaged copy, not a stray file
 EVAL_FOLDERS = ("val", "test")
 
@@ -47,7 +50,6 @@ class Layout:
 
 
 def invalid(message: str):
-    from mlit.data.datasets import DatasetInvalid, DatasetMissing
 
     return (DatasetMissing if "no such folder" in message else DatasetInvalid)(message)
 
@@ -152,9 +154,8 @@ class FolderImages(Dataset):
             first = not self.bad[j]
             self.bad[j] = 1
         if first:
-            why = str(err).splitlines()[0][:120] if str(err) else ""
             print(f"warning: skipped {self.samples[j][0]}: cannot be decoded "
-                  f"({type(err).__name__}: {why}); another image stands in for it",
+                  f"({type(err).__name__}: {first_line(err)}); another image stands in for it",
                   file=sys.stderr)
 
     @property

@@ -18,13 +18,13 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 from torchvision.transforms import v2
 
-from mlit.config import Augment, Data
-from mlit.data.datasets import build_dataset, dataset_info
-from mlit.data.device import (DeviceLoader, dataset_to_ragged, dataset_to_uint8, decode,
-                              has_arrays)
-from mlit.data.folder import CheckedLoader
+from mlit.data.catalogue import build_dataset, dataset_info
+from mlit.data.device import DeviceLoader, dataset_to_ragged, dataset_to_uint8, decode, has_arrays
+from mlit.data.folder import CheckedLoader, scan
 from mlit.data.transforms import TwoViews, eval_transform, train_transform
 from mlit.distributed import World, world
+from mlit.recipe.reading import RecipeError
+from mlit.recipe.schema import Augment, Data
 
 
 class GlobalOrderSampler(Sampler[int]):
@@ -80,7 +80,6 @@ def folder_fits(root: str, side: int, workers: int, device: torch.device,
                 image_size: int) -> bool:
     """Whether a folder dataset at its stored size takes at most half the GPU's free memory
     (the device pipeline), or not (the torchvision DataLoader); says which, once."""
-    from mlit.data.folder import scan
 
     layout = scan(root)
     need = 3 * (len(layout.train) * side**2 + len(layout.test or ()) * image_size**2)
@@ -121,8 +120,8 @@ def train_loader(data: Data, aug: Augment, image_size: int, batch_size: int,
     """Batches of this rank's share (batch_size / world) of each global batch."""
     info, w = dataset_info(data), world()
     if batch_size % w.size:
-        raise ValueError(f"batch_size={batch_size}: the global batch must divide among the "
-                         f"{w.size} processes of this run")
+        raise RecipeError(f"batch_size={batch_size}: the global batch must divide among the "
+                          f"{w.size} processes of this run")
     if use_device_pipeline(data, device, image_size):
         images, labels = device_split(data.dataset, data.root, True, image_size, data.download,
                                       device, stored_size(data, image_size))
@@ -143,8 +142,8 @@ def train_loader(data: Data, aug: Augment, image_size: int, batch_size: int,
         if data.dataset == "folder":
             loader = CheckedLoader(loader, dataset)
     if n < batch_size:
-        raise ValueError(f"batch_size={batch_size} exceeds the {n} training images "
-                         f"of {data.dataset}")
+        raise RecipeError(f"batch_size={batch_size} exceeds the {n} training images "
+                          f"of {data.dataset}")
     return loader
 
 

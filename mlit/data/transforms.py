@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from mlit.config import Augment
+from mlit.recipe.schema import Augment
 
 POLICIES = {"cifar10": v2.AutoAugmentPolicy.CIFAR10, "svhn": v2.AutoAugmentPolicy.SVHN,
             "imagenet": v2.AutoAugmentPolicy.IMAGENET}

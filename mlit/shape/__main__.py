@@ -6,7 +6,7 @@
     python -m mlit.shape fit RESULTS.jsonl --dim d [--compute 1e16] [--json]
     python -m mlit.shape report SWEEP_DIR [--compute 1e16] [--out DIR]
 
-`run` trains what is missing through the zoo's runner (skip, resume, shards, Ray); the sweep
+`run` trains what is missing through mlit.population's runner (skip, resume, shards, Ray); the sweep
 folder defaults to sweeps/<recipe name>. `fit` reads lines {"<dim>": x, "compute": t, "error":
 f} (extra keys ignored; lines with an `arms` list count for the dimensions it names) and
 prints SoViT's law, the exponent of the optimal x and, with --compute, x* there; a fit that
@@ -22,10 +22,12 @@ import json
 import sys
 from pathlib import Path
 
-from mlit.cli import BadInput, number, output_folder, run_command
-from mlit.files import read_jsonl, write_text_atomic
-from mlit.records import check_shape_points
-
+from mlit.cli import launcher_flags, number, run_command
+from mlit.errors import BadInput
+from mlit.files.atomic import write_text_atomic
+from mlit.files.jsonl import read_jsonl
+from mlit.files.paths import output_folder
+from mlit.files.records import check_shape_points
 
 COMPUTE = number(float, 0, low_open=True)  # FLOPs
 
@@ -42,10 +44,7 @@ def parse(argv):
         p.add_argument("--sweep-dir", help="default sweeps/<recipe name>")
         p.add_argument("--json", action="store_true")
         if name == "run":
-            p.add_argument("--shard", default="0/1", help="i/n: the i-th of n slices")
-            p.add_argument("--launcher", choices=["local", "ray"], default="local")
-            p.add_argument("--ray-address", default=None)
-            p.add_argument("--ray-cpus", type=number(int, 1), default=None)
+            launcher_flags(p)
     f = sub.add_parser("fit", help="fit the scaling law of one dimension")
     f.add_argument("results")
     f.add_argument("--dim", required=True, help="d, L, h1, E_max or k (any key of the lines)")
@@ -110,16 +109,16 @@ def report_command(args) -> int:
 def sweep_command(args) -> int:
     import yaml
 
+    from mlit.population.launch import train_all
+    from mlit.population.plan import parse_shard, shard
     from mlit.shape.plan import plan
     from mlit.shape.recipe import load_sweep
     from mlit.shape.report import SWEEP_FILE
-    from mlit.zoo.__main__ import run_and_report
-    from mlit.zoo.plan import parse_shard, shard
 
     sweep = load_sweep(args.recipe, args.overrides)
     sweep_dir = Path(args.sweep_dir or Path("sweeps") / sweep.name)
     if args.command == "status":
-        from mlit.zoo.layout import summarize
+        from mlit.population.layout import summarize
 
         states = summarize(sweep_dir) if sweep_dir.is_dir() else {}
         total = len(plan(sweep, sweep_dir))
@@ -144,7 +143,7 @@ def sweep_command(args) -> int:
     write_text_atomic(sweep_dir / SWEEP_FILE,
                       yaml.safe_dump(sweep.model_dump(mode="json", exclude_none=True),
                                      sort_keys=False))
-    return run_and_report(sweep_dir, shard(runs, *parse_shard(args.shard)), args, "mlit.shape")
+    return train_all(sweep_dir, shard(runs, *parse_shard(args.shard)), args, "mlit.shape")
 
 
 COMMANDS = {"plan": sweep_command, "run": sweep_command, "status": sweep_command,

@@ -1,5 +1,5 @@
 """The runs of a shape sweep: every shape of the star at every budget, each trained for as many
-epochs as its budget buys at its own measured FLOPs per image (mlit/flops.py), laid out as a
+epochs as its budget buys at its own measured FLOPs per image (mlit/model/flops.py), laid out as a
 zoo is: `training/<run>/` (one-stage sweeps), or `pretraining/<run>/` and
 `finetuning/<run>/ft/` (MAE then fine-tuning). The zoo's runner trains them (skip, resume,
 shards, Ray)."""
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlit.config import model_settings
-from mlit.data.datasets import dataset_info
-from mlit.flops import training_flops
+from mlit.data.catalogue import dataset_info
+from mlit.model.flops import training_flops
+from mlit.population.plan import PlannedRun
+from mlit.recipe.schema import model_settings
 from mlit.shape.recipe import ShapeSweep
-from mlit.zoo.plan import ZooRun
 
 
 def run_name(shape: dict[str, int], budget: float) -> str:
@@ -30,7 +30,7 @@ def epochs_for(flops: float, sweep: ShapeSweep, kind: str, per_image: float) -> 
     return max(1, round(flops / (per_image * images_per_epoch(sweep, kind))))
 
 
-def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[ZooRun]:
+def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[PlannedRun]:
     """Every (shape, budget); first stages first, in a stable order, so shards are too."""
     sweep_dir = Path(sweep_dir)
     num_classes = dataset_info(sweep.data).num_classes
@@ -44,18 +44,18 @@ def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[ZooRun]:
                 kind = sweep.stage if sweep.stage == "supervised" else "pretrain"
                 per_image = training_flops(cfg, kind)
                 epochs = epochs_for(budget, sweep, kind, per_image)
-                first.append(ZooRun(name, f"training/{name}", kind, {
+                first.append(PlannedRun(name, f"training/{name}", kind, {
                     **factors, "flops_per_image": per_image, "final": True},
                     sweep.run_recipe(name, kind, shape, epochs)))
                 continue
             share = sweep.pretrain_share
             pre, fine = training_flops(cfg, "pretrain"), training_flops(cfg, "finetune")
             backbone = f"pretraining/{name}"
-            first.append(ZooRun(name, backbone, "pretrain", {
+            first.append(PlannedRun(name, backbone, "pretrain", {
                 **factors, "flops_per_image": pre, "final": False},
                 sweep.run_recipe(name, "pretrain", shape,
                                  epochs_for(share * budget, sweep, "pretrain", pre))))
-            second.append(ZooRun("ft", f"finetuning/{name}/ft", "finetune", {
+            second.append(PlannedRun("ft", f"finetuning/{name}/ft", "finetune", {
                 **factors, "flops_per_image": fine, "final": True},
                 sweep.run_recipe("ft", "finetune", shape,
                                  epochs_for((1 - share) * budget, sweep, "finetune", fine),

@@ -19,9 +19,9 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from mlit.config import (Data, Recipe, RecipeError, Stage, Strict, Train, build_recipe,
-                         model_settings, read_tree, validate)
-from mlit.model_config import MLiTConfig
+from mlit.model.config import MLiTConfig
+from mlit.recipe.reading import RecipeError, Strict, read_tree, validate
+from mlit.recipe.schema import Data, Recipe, Stage, Train, build_recipe, model_settings
 
 Dim = Literal["d", "L", "h1", "E_max", "k"]
 DIMS = ("d", "L", "h1", "E_max", "k")

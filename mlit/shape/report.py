@@ -21,11 +21,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from mlit.config import RecipeError, model_settings, parse_yaml, validate  # noqa: E402
-from mlit.files import write_json, write_jsonl  # noqa: E402
+from mlit.errors import BadInput  # noqa: E402
+from mlit.files.atomic import write_json  # noqa: E402
+from mlit.files.jsonl import write_jsonl
+from mlit.population import layout  # noqa: E402
+from mlit.recipe.reading import RecipeError, parse_yaml, validate  # noqa: E402
+from mlit.recipe.schema import model_settings
 from mlit.shape.fit import Fit, UntrustedFit, fit_law, points_for  # noqa: E402
 from mlit.shape.recipe import DIMS, ShapeSweep, shape_of, with_shape  # noqa: E402
-from mlit.zoo import layout  # noqa: E402
 
 SWEEP_FILE = "sweep.yaml"  # the resolved sweep recipe, written by `run`
 
@@ -173,7 +176,7 @@ def write_report(sweep_dir: str | Path, compute: float | None = None,
     out.mkdir(parents=True, exist_ok=True)
     records = collect(sweep_dir)
     if not records:
-        raise ValueError(f"{sweep_dir}: no finished run yet")
+        raise BadInput(f"{sweep_dir}: no finished run yet")
     write_jsonl(out / "results.jsonl", records)
     fits = fit_dims(records, list(sweep.dims))
     if compute is None:  # the largest budget swept

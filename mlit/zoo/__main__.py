@@ -17,8 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from mlit.cli import number, output_folder, run_command
-from mlit.config import RecipeError
+from mlit.cli import launcher_flags, number, run_command
+from mlit.files.paths import output_folder
+from mlit.recipe.reading import RecipeError
 
 
 def parse(argv):
@@ -33,12 +34,8 @@ def parse(argv):
     r.add_argument("recipe")
     r.add_argument("overrides", nargs="*")
     r.add_argument("--zoo-dir", help="default zoos/<recipe name>")
-    r.add_argument("--shard", default="0/1", help="i/n: run the i-th of n slices (0-based)")
     r.add_argument("--phase", choices=["all", "pretraining", "finetuning"], default="all")
-    r.add_argument("--launcher", choices=["local", "ray"], default="local")
-    r.add_argument("--ray-address", default=None, help="an existing cluster, e.g. auto")
-    r.add_argument("--ray-cpus", type=number(int, 1), default=None,
-                   help="CPUs of a local Ray cluster")
+    launcher_flags(r)
     s = sub.add_parser("status", help="done / running / failed per run")
     s.add_argument("zoo_dir")
     s.add_argument("--json", action="store_true")
@@ -85,7 +82,7 @@ def analyze(args) -> int:
 
 
 def status(args) -> int:
-    from mlit.zoo.layout import problem, summarize
+    from mlit.population.layout import problem, summarize
 
     zoo_dir = zoo_folder(args.zoo_dir)
     states = summarize(zoo_dir)
@@ -118,7 +115,9 @@ def plan_runs(args) -> int:
 
 
 def run(args) -> int:
-    from mlit.zoo.plan import parse_shard, plan, shard
+    from mlit.population.launch import train_all
+    from mlit.population.plan import parse_shard, shard
+    from mlit.zoo.plan import plan
     from mlit.zoo.recipe import load_zoo_recipe
 
     zoo = load_zoo_recipe(args.recipe, args.overrides)
@@ -126,30 +125,7 @@ def run(args) -> int:
     runs = shard(plan(zoo, zoo_dir), *parse_shard(args.shard))
     if args.phase != "all":
         runs = [r for r in runs if (r.backbone is None) == (args.phase == "pretraining")]
-    return run_and_report(zoo_dir, runs, args, "mlit.zoo")
-
-
-def run_and_report(folder: Path, runs, args, prog: str) -> int:
-    """Train the runs (one by one, or on Ray); exit status 1 if one failed, 3 if some are
-    left for another run (waiting for a backbone, or held by another runner)."""
-    if args.launcher == "ray":
-        from mlit.zoo.launchers import run_ray
-
-        outcome = run_ray(folder, runs, args.ray_address, args.ray_cpus)
-    else:
-        from mlit.zoo.runner import run_local
-
-        outcome = run_local(folder, runs)
-    print(json.dumps({k: len(v) for k, v in outcome.items()}), file=sys.stderr)
-    if outcome.get("busy"):
-        print(f"{prog}: {len(outcome['busy'])} models are being trained by another runner; "
-              "skipped them", file=sys.stderr)
-    if outcome.get("waiting"):
-        print(f"{prog}: {len(outcome['waiting'])} fine-tunes wait for backbones that are "
-              "not done (another shard's, or failed); run again once they are",
-              file=sys.stderr)
-    return 1 if outcome.get("failed") else 3 if outcome.get("waiting") or \
-        outcome.get("busy") else 0
+    return train_all(zoo_dir, runs, args, "mlit.zoo")
 
 
 COMMANDS = {"plan": plan_runs, "run": run, "status": status, "analyze": analyze}

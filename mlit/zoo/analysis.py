@@ -17,7 +17,7 @@ those whose final test accuracy reaches it (backbones are all kept: MAE and SimC
 have no accuracy).
 
 Accuracies of zoo checkpoints come from their result.json (the runner's evaluation); averaged
-and souped models are evaluated with the same code (mlit.engine.evaluate) on the test split.
+and souped models are evaluated with the same code (mlit.training.engine.evaluate) on the test split.
 Which tensors each statistic uses: see mlit/zoo/stats.py.
 """
 
@@ -30,23 +30,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from mlit import checkpoint as ckpt
-from mlit.config import Data
 from mlit.data.loaders import eval_loader
-from mlit.encoder import MLiT
-from mlit.engine import evaluate, predict, select_precision
-from mlit.model_config import MLiTConfig
-from mlit.engine import select_device
-from mlit.zoo import layout, mother, stats
+from mlit.errors import BadInput
+from mlit.files import checkpoint as ckpt
+from mlit.model.config import MLiTConfig
+from mlit.model.encoder import MLiT
+from mlit.population import layout
+from mlit.recipe.schema import Data
+from mlit.training.engine import evaluate, predict, select_device, select_precision
+from mlit.zoo import stats
+from mlit.zoo.averaging import Averaging
+from mlit.zoo.lineage import Lineage
 
 FACTORS = ("pretraining", "head", "optimizer", "lr")  # Table 2's rows
 JOINT = ("pretraining", "optimizer", "head", "lr")  # Table 6's rows, all factors at once
-SOUP_FACTORS = ("head_seed", "lr", "optimizer", "pretraining_seed", "head")
-# the paper's Table 3: children that differ from each other in one of these
-MOTHER_EXPERIMENTS = ("epochs", "head_seed", "lr", "head", "optimizer")
 
 
 def mean_std(values) -> dict[str, float] | None:
@@ -91,7 +90,11 @@ class ZooModel:
         return next((r.get("test_acc") for r in self.results if r["epoch"] == epoch), None)
 
 
-class ZooAnalysis:
+class ZooAnalysis(Averaging, Lineage):
+    """The zoo's finished models, read once, and every analysis of them; `run()` gives all.
+    Weight averaging and soups are mlit/zoo/averaging.py's, lineage recovery
+    mlit/zoo/lineage.py's."""
+
     def __init__(self, zoo_dir: str | Path, device: str = "auto", batch_size: int = 512,
                  window: int = 5, mother_lambda: float = 0.3,
                  longitudinal_models: int | None = None, min_acc: float | None = None,
@@ -117,7 +120,7 @@ class ZooAnalysis:
         self.backbones = [m for m in self.models.values() if m.backbone is None]
         finished = [m for m in self.models.values() if m.backbone in self.models]
         if not finished:
-            raise ValueError(f"{self.zoo_dir}: no finished fine-tunes to analyse")
+            raise BadInput(f"{self.zoo_dir}: no finished fine-tunes to analyse")
         self.finetunes = finished
         self.refined = None
         if min_acc is not None:
@@ -126,8 +129,8 @@ class ZooAnalysis:
                             "finished": len(finished)}
             if not self.finetunes:
                 best = max(m.last["test_acc"] for m in finished)
-                raise ValueError(f"--min-acc {min_acc}: no fine-tune reaches it (the best "
-                                 f"final test accuracy is {best:.4f})")
+                raise BadInput(f"--min-acc {min_acc}: no fine-tune reaches it (the best "
+                               f"final test accuracy is {best:.4f})")
         self.precision = select_precision(select_device(device), "fp32")
         self.batch_size = batch_size
         self._loader = None
@@ -233,137 +236,6 @@ class ZooAnalysis:
                          "agreement": mean_std(
                              stats.agreement(self.predictions(a), self.predictions(b))
                              for a, b in itertools.combinations(group, 2))})
-        return rows
-
-    # -- averaging ---------------------------------------------------------------------------
-    def trained_epochs(self, model: ZooModel) -> list[int]:
-        return [e for e in model.epochs if e > 0]
-
-    def epoch_averaging(self) -> list[dict]:
-        """Figure 2a: the uniform average of the last `window` epochs vs the best of them."""
-        rows = []
-        for m in self.finetunes:
-            last = self.trained_epochs(m)[-self.window:]
-            averaged = self.accuracy(m, stats.average_states([m.state(e) for e in last]))
-            best = max(m.test_acc(e) for e in last)
-            rows.append({"model": m.path, "epochs": last, "averaged_acc": averaged,
-                         "best_individual_acc": best, "gain": averaged - best,
-                         "generalisation_gap": m.last["train_acc"] - m.last["test_acc"]})
-        return rows
-
-    def longitudinal(self) -> dict:
-        """Figure 3: from epoch `window` on, the average of the previous `window` epochs
-        against the single epoch; min / mean / max over models, per epoch."""
-        per_epoch: dict[int, dict[str, list[float]]] = {}
-        for m in self.finetunes[: self.longitudinal_models]:
-            epochs = self.trained_epochs(m)
-            for i in range(self.window - 1, len(epochs)):
-                window = epochs[i - self.window + 1: i + 1]
-                acc = self.accuracy(m, stats.average_states([m.state(e) for e in window]))
-                slot = per_epoch.setdefault(epochs[i], {"averaged": [], "individual": []})
-                slot["averaged"].append(acc)
-                slot["individual"].append(m.test_acc(epochs[i]))
-        return {e: {k: {"min": min(v), "mean": statistics.fmean(v), "max": max(v)}
-                    for k, v in slots.items()} for e, slots in sorted(per_epoch.items())}
-
-    def soups(self) -> list[dict]:
-        """Figure 2b: uniform soups of final fine-tunes that share every factor but one."""
-        rows = []
-        for varied in SOUP_FACTORS:
-            # varied == pretraining_seed: fine-tunes of sibling backbones of one variant
-            others = [f for f in self.finetunes[0].factors if f != varied]
-            groups: dict[tuple, list[ZooModel]] = {}
-            for m in self.finetunes:
-                groups.setdefault(tuple(m.factors[f] for f in others), []).append(m)
-            for key, group in groups.items():
-                if len(group) < 2:
-                    continue
-                states = [m.state() for m in group]
-                row = {"varied": varied, "shared": dict(zip(others, key)),
-                       "models": [m.path for m in group],
-                       "max_individual_acc": max(m.last["test_acc"] for m in group)}
-                if not stats.same_architecture(states):
-                    row["skipped"] = "different architectures (e.g. linear vs MLP head)"
-                else:
-                    row["soup_acc"] = self.accuracy(group[0], stats.average_states(states))
-                    row["gain"] = row["soup_acc"] - row["max_individual_acc"]
-                rows.append(row)
-        return rows
-
-    def greedy_soups(self) -> list[dict]:
-        """Wortsman et al. 2022: per backbone and head, add fine-tunes in order of accuracy
-        while the soup's test accuracy does not drop."""
-        rows = []
-        for b in self.backbones:
-            for head in sorted({m.factors["head"] for m in self.children(b)}):
-                ranked = sorted((m for m in self.children(b) if m.factors["head"] == head),
-                                key=lambda m: -m.last["test_acc"])
-                soup, soup_acc = [ranked[0]], ranked[0].last["test_acc"]
-                for candidate in ranked[1:]:
-                    acc = self.accuracy(candidate, stats.average_states(
-                        [m.state() for m in soup + [candidate]]))
-                    if acc >= soup_acc:
-                        soup, soup_acc = soup + [candidate], acc
-                rows.append({"backbone": b.path, "head": head, "candidates": len(ranked),
-                             "ingredients": [m.path for m in soup], "soup_acc": soup_acc,
-                             "best_individual_acc": ranked[0].last["test_acc"]})
-        return rows
-
-    # -- lineage ------------------------------------------------------------------------------
-    def variants(self, backbone: ZooModel, experiment: str) -> list[ZooModel]:
-        """The backbone's fine-tunes that differ from its first one only in `experiment`'s
-        factor (the first one alone for the epochs experiment)."""
-        kids = self.children(backbone)
-        if not kids or experiment == "epochs":
-            return kids[:1]
-        ref = kids[0]
-        return [m for m in kids if all(m.factors[f] == ref.factors[f]
-                                       for f in m.factors if f != experiment)]
-
-    def lineage_population(self, experiment: str):
-        """(labels, states, true parent index, children per backbone) for one MoTHeR
-        experiment, as the paper's Appendix B builds it: every backbone gets the same number
-        of descendants, `mother_children` (12) where the zoo has them; a factor with fewer
-        values is padded with epoch checkpoints, each variant a chain of evenly spaced epochs
-        ending at its last (so the epochs experiment is one such chain)."""
-        groups = [(b, v) for b in self.backbones if (v := self.variants(b, experiment))]
-        if not groups:
-            return [], [], [], 0
-        children = min([self.mother_children] + [
-            len(v) * min(len(self.trained_epochs(m)) for m in v) for _, v in groups])
-        labels, states, parents = [], [], []
-        for b, variants in groups:
-            root = len(labels)
-            labels.append(b.path)
-            states.append(b.state())
-            parents.append(None)
-            for i, m in enumerate(variants):
-                n = children // len(variants) + (i < children % len(variants))
-                trained = self.trained_epochs(m)
-                prev = root
-                for j in range(n):
-                    epoch = trained[round((j + 1) * len(trained) / n) - 1]
-                    labels.append(f"{m.path}@{epoch}")
-                    states.append(m.state(epoch))
-                    parents.append(prev)
-                    prev = len(labels) - 1
-        return labels, states, parents, children
-
-    def mother(self) -> dict:
-        rows = {}
-        for experiment in MOTHER_EXPERIMENTS:
-            if experiment != "epochs" and len({m.factors[experiment]
-                                               for m in self.finetunes}) < 2:
-                continue  # the zoo does not vary this factor
-            labels, states, truth, children = self.lineage_population(experiment)
-            roots = sum(p is None for p in truth)
-            if children < 1:
-                continue
-            vectors = np.stack([stats.weight_vector(s).float().numpy() for s in states])
-            kurt = np.array([stats.kurtosis(torch.from_numpy(v)) for v in vectors])
-            predicted = mother.recover_lineage(vectors, kurt, roots, self.mother_lambda)
-            rows[experiment] = {"models": len(labels), "trees": roots, "children": children,
-                                **mother.lineage_scores(predicted, truth)}
         return rows
 
     def run(self) -> dict:

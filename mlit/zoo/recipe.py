@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mlit.config import Data, Recipe, Stage, Strict, Train, build_recipe, read_tree, validate
+from mlit.recipe.reading import Strict, read_tree, validate
+from mlit.recipe.schema import Data, Recipe, Stage, Train, build_recipe
 
 # a backbone's pre-training variant -> the runner's stage that trains it
 STAGE_OF = {"mae": "pretrain", "supervised": "supervised", "simclr": "simclr"}

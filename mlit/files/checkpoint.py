@@ -1,0 +1,92 @@
+"""Run checkpoints: written atomically (serialised in memory, then a synced temporary file and
+a rename), so a run killed mid-write keeps the previous checkpoint intact; read back with
+`torch.load(weights_only=True)`, so opening a file runs no code from it; RNG state for exact
+resume. What a checkpoint holds is described in docs/architecture.md ("Files").
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlit.errors import BadInput, first_line
+from mlit.files.atomic import write_bytes_atomic
+
+# numpy's legacy RNG state as older checkpoints stored it (an ndarray of uint32 keys); new
+# checkpoints store plain lists, which weights_only loading accepts without this list
+_NUMPY_GLOBALS = [np.ndarray, np.dtype, np._core.multiarray._reconstruct,
+                  type(np.dtype(np.uint32))]
+
+
+class CheckpointError(BadInput):
+    """A checkpoint or model file that is missing, damaged or not the one expected."""
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def epoch_path(stage_dir: str | Path, epoch: int) -> Path:
+    """Where a run that keeps every epoch writes that epoch's weights (the zoo layout)."""
+    return Path(stage_dir) / f"checkpoint_{epoch:06d}" / "model.pt"
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint as a dict, or CheckpointError naming the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6
+            with open(path, "rb") as f:
+                kind = "a raw pickle" if f.read(1) == b"\x80" else "damaged, truncated or " \
+                    "another format"
+            raise CheckpointError(f"{path} is not a readable checkpoint ({kind}: not the zip "
+                                  "archive torch.save writes)")
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            warnings.simplefilter("ignore")  # the unpickler's own notes; the error says it all
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err.strerror})") from None
+    except Exception as err:  # truncated, empty, random bytes, a pickle of other objects
+        raise CheckpointError(f"{path} is not a readable checkpoint (damaged, truncated or "
+                              f"another format: {first_line(err)})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not an mLiT checkpoint (it holds a "
+                              f"{type(obj).__name__}, not a dict of weights)")
+    return obj
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {"torch": torch.get_rng_state(),
+             "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

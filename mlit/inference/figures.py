@@ -1,0 +1,63 @@
+"""The figures of an evaluation (python -m mlit.eval): the confusion matrix and each class's
+share of tokens per expert of every MoE layer. matplotlib with the Agg backend, PNG files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = torch.tensor(confusion, dtype=torch.float)
+    m = m / m.sum(1, keepdim=True).clamp(min=1)
+    n = len(m)
+    fig, ax = plt.subplots(figsize=(min(4 + n * 0.12, 14),) * 2)
+    image = ax.imshow(m.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion (row-normalised)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_experts(path: Path, per_class: list[list[list[float]]], classes: list[str]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = [torch.tensor(layer) for layer in per_class]
+    m = torch.cat(blocks, dim=1)  # (classes, experts of every layer)
+    fig, ax = plt.subplots(figsize=(min(3 + m.shape[1] * 0.18, 20),
+                                    min(2.5 + m.shape[0] * 0.12, 14)))
+    image = ax.imshow(m.numpy(), cmap="viridis", aspect="auto", vmin=0)
+    edges, ticks, labels = 0, [], []
+    for i, block in enumerate(blocks):
+        ticks.append(edges + (block.shape[1] - 1) / 2)
+        labels.append(str(i))
+        edges += block.shape[1]
+        ax.axvline(edges - 0.5, color="white", lw=0.8)
+    ax.set_xticks(ticks, labels, fontsize=7)
+    if len(classes) <= 30:
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set(xlabel="MoE layer (its experts side by side; encoder, then decoder)",
+           ylabel="class", title="Share of each class's tokens per expert")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def class_names(loader, num_classes: int) -> list[str]:
+    dataset = getattr(loader, "dataset", None)
+    names = getattr(dataset, "classes", None)
+    return [str(c) for c in names] if names and len(names) == num_classes else \
+        [str(i) for i in range(num_classes)]

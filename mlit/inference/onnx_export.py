@@ -1,0 +1,235 @@
+"""ONNX export for CPUs and edge runtimes (docs/deploy.md); running a file is onnx_runtime.py.
+
+    python -m mlit.export runs/quickstart/finetune/checkpoint.pt model.onnx [--int8]
+
+One self-contained file (opset 18, weights inside), a dynamic batch axis, input `images`
+(B, 3, S, S) normalised as in training, outputs `logits` (B, classes) (an encoder-only file:
+`tokens` (B, N, d)) and `experts` (B, layers, N, k): the k experts each token was routed to.
+The file's metadata carries what `mlit.eval model.onnx` or any ONNX Runtime user needs: the
+model config, image size, normalisation, class names and the recipe.
+
+The exported graph has no data-dependent shapes: each MoE layer computes every expert for
+every token in one GEMM and weights them by the sparse top-k gate (mlit.model.dispatch's `dense`),
+which gives the numbers of the sparse path; routing noise is off, as at evaluation. Before
+the file is kept it is checked (`check_export`): onnx.checker's full check, then ONNX Runtime
+against PyTorch's sparse path on random and real test images at each of BATCHES.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlit.errors import BadInput, Fault, first_line
+from mlit.files.modelfile import ModelFile, export_metadata
+from mlit.files.weights import load_weights
+from mlit.inference.onnx_runtime import deploy_modules, evaluate_onnx, session
+from mlit.model.encoder import MLiT, MLiTEncoder
+from mlit.model.moe import MoELayer
+from mlit.model.registry import CLASSIFIER_KINDS
+
+OPSET = 18
+BATCHES = (1, 7, 64)
+LOGIT_TOLERANCE = 1e-4
+INT8_DROP = 0.01  # top-1 an int8 file may lose before a warning
+
+
+@contextlib.contextmanager
+def quiet():
+    """The exporter's and the quantiser's progress lines off stdout (ours say what was done);
+    their errors still raise."""
+    logging.disable(logging.WARNING)  # the quantiser's notes on integer tensors it skips
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+class ExportFailed(Fault):
+    """A check of the exported file failed; nothing was written."""
+
+
+class Deployable(nn.Module):
+    """The classifier's logits (or the encoder's tokens) and, per token, the experts its
+    router chose in every MoE layer, read off the gates by forward hooks."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.gates = model, []
+        self.gate_inputs = []
+        for layer in model.modules():
+            if isinstance(layer, MoELayer):
+                layer.gate.register_forward_hook(self.capture)
+
+    def capture(self, gate, inputs, outputs):
+        self.gates.append(outputs[0])
+        self.gate_inputs.append((gate, inputs[0]))
+
+    def forward(self, images: torch.Tensor):
+        self.gates.clear()
+        self.gate_inputs.clear()
+        out, _ = self.model(images)
+        k = self.model.cfg.top_k
+        chosen = torch.stack([g.topk(k, dim=1).indices for g in self.gates])  # (L, B*N, k)
+        return out, chosen.view(chosen.shape[0], images.shape[0], -1, k).transpose(0, 1)
+
+    def routing_ties(self) -> torch.Tensor:
+        """(B, L, N) True where the k-th and (k+1)-th router logits of a token (nearly) tie,
+        so that float rounding may pick either expert: those tokens are not compared."""
+        k = self.model.cfg.top_k
+        ties = []
+        for gate, x in self.gate_inputs:
+            logits = x.float() @ gate.w_gate
+            if logits.shape[1] <= k:
+                ties.append(torch.zeros(len(x), dtype=torch.bool))
+                continue
+            top = logits.topk(k + 1, dim=1).values
+            ties.append((top[:, k - 1] - top[:, k]).abs() < 1e-4)
+        return torch.stack(ties)  # (L, B*N)
+
+
+def module_to_export(mf: ModelFile, encoder_only: bool, impl: str) -> nn.Module:
+    cfg = mf.config.replace(moe_impl=impl)
+    if encoder_only:
+        module = load_weights(MLiTEncoder(cfg), mf.encoder_state(), str(mf.path))
+    elif mf.kind in CLASSIFIER_KINDS:
+        module = load_weights(MLiT(cfg), mf.state, str(mf.path))
+    else:
+        raise BadInput(f"{mf.path} holds a {mf.kind} model: an ONNX export of it is the "
+                       "encoder alone (add --encoder-only)")
+    return module.eval()
+
+
+def metadata(mf: ModelFile, kind: str) -> dict[str, str]:
+    """An export's metadata (modelfile.export_metadata) and the input's side, for runtimes."""
+    return {**export_metadata(mf, kind), "image_size": str(mf.config.image_size)}
+
+
+def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool = False,
+                test_loader=None) -> dict:
+    """Write `out` (checked), or raise ExportFailed leaving no file; returns the checks and,
+    with int8 and a test split, both files' test top-1."""
+    onnx, _ = deploy_modules()
+    kind = "encoder" if encoder_only else mf.kind
+    dense = Deployable(module_to_export(mf, encoder_only, "dense")).eval()
+    size = mf.config.image_size
+    outputs = ["tokens" if encoder_only else "logits", "experts"]
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        write_graph(dense, size, tmp / "fp32.onnx", outputs)
+        model = onnx.load(str(tmp / "fp32.onnx"))
+        onnx.helper.set_model_props(model, metadata(mf, kind))
+        onnx.save(model, str(tmp / "fp32.onnx"))
+        onnx.checker.check_model(str(tmp / "fp32.onnx"), full_check=True)
+        reference = Deployable(module_to_export(mf, encoder_only, "torch")).eval()
+        test_images = first_images(test_loader, max(BATCHES))
+        report = {"checker": "full check passed",
+                  "parity": check_export(tmp / "fp32.onnx", reference, size, test_images)}
+        final = tmp / "fp32.onnx"
+        if int8:
+            quantize(final, tmp / "int8.onnx")
+            model = onnx.load(str(tmp / "int8.onnx"))
+            onnx.helper.set_model_props(model, {**metadata(mf, kind), "quantized": "int8"})
+            onnx.save(model, str(tmp / "int8.onnx"))
+            final = tmp / "int8.onnx"
+            if test_loader is not None and not encoder_only:
+                cfg = mf.config
+                report["top1"] = {name: evaluate_onnx(tmp / f"{name}.onnx", test_loader,
+                                                      cfg.num_classes,
+                                                      cfg.experts_per_layer())["top1"]
+                                  for name in ("fp32", "int8")}
+        os.replace(final, out)
+        return report
+    except (ExportFailed, BadInput):
+        raise
+    except Exception as err:  # the exporter or ONNX Runtime refused the graph
+        raise ExportFailed(f"exporting {mf.path} to ONNX failed ({type(err).__name__}: "
+                           f"{first_line(err, 200)}); no file was written") from None
+    finally:
+        for path in tmp.glob("*"):
+            path.unlink()
+        tmp.rmdir()
+
+
+def write_graph(module: nn.Module, size: int, path: Path, outputs: list[str]) -> None:
+    """torch.onnx's exporter (torch.export underneath) with a dynamic batch axis, weights
+    inside the file."""
+    deploy_modules()
+    example = torch.randn(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad(), warnings.catch_warnings(), quiet():
+        warnings.simplefilter("ignore")  # the exporter's notes on the hooks' captures
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=["images"], output_names=outputs,
+                                    dynamic_shapes=({0: batch},), verbose=False)
+    program.save(str(path), external_data=False)
+
+
+def quantize(source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic quantisation: int8 weights of the matrix products, activations
+    quantised per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet():
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+
+
+def check_export(path: Path, reference: Deployable, size: int,
+                 test_images: torch.Tensor | None) -> list[dict]:
+    """ONNX Runtime against PyTorch's sparse path at each of BATCHES, on random images and
+    on real test images when there are some: logits within LOGIT_TOLERANCE, the same
+    predicted class, the same experts per token where the router has no tie."""
+    runner = session(path)
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    sources = {"random": torch.randn(max(BATCHES), 3, size, size, generator=generator)}
+    if test_images is not None and len(test_images):
+        sources["test"] = test_images[:max(BATCHES)]
+    for source, images in sources.items():
+        for b in BATCHES:
+            x = images[:b]
+            if len(x) < b:
+                continue
+            with torch.no_grad():
+                ref_out, ref_experts = reference(x)
+                ties = reference.routing_ties().view(ref_experts.shape[1], b, -1)
+            got_out, got_experts = runner.run(None, {"images": x.numpy()})
+            diff = float(np.abs(got_out - ref_out.numpy()).max())
+            same_class = ref_out.dim() != 2 or bool(
+                (got_out.argmax(1) == ref_out.numpy().argmax(1)).all())  # tokens: no class
+            chosen = np.sort(got_experts, axis=-1) == np.sort(ref_experts.numpy(), axis=-1)
+            untied = ~ties.transpose(0, 1).numpy()[..., None]
+            experts_ok = bool((chosen | ~untied).all())
+            rows.append({"images": source, "batch": b, "max_abs_diff": diff,
+                         "same_class": same_class, "same_experts": experts_ok,
+                         "untied_tokens": int(untied.sum())})
+            if diff > LOGIT_TOLERANCE or not same_class or not experts_ok:
+                raise ExportFailed(
+                    f"the ONNX graph disagrees with PyTorch on {source} images at batch {b} "
+                    f"(largest difference {diff:.2e}, allowed {LOGIT_TOLERANCE:.0e}; same "
+                    f"class: {same_class}; same experts: {experts_ok}); no file was written")
+    return rows
+
+
+def first_images(loader, n: int) -> torch.Tensor | None:
+    """Up to n images of a loader's first batches, on the CPU."""
+    if loader is None:
+        return None
+    found = []
+    for images, _ in loader:
+        found.append(images.cpu())
+        if sum(len(x) for x in found) >= n:
+            break
+    return torch.cat(found)[:n] if found else None
+
+

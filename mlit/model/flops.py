@@ -1,0 +1,79 @@
+"""FLOPs and active parameters, counted on the real model, not estimated.
+
+FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2 FLOPs; only
+matrix products are counted, as is usual: the element-wise work of norms, activations and
+softmax is left out). Two choices make the count the model's arithmetic:
+- the MoE runs the sparse `torch` dispatch, which multiplies each token only by the k experts
+  it is routed to (the Triton kernel is a custom op the counter cannot see into);
+- attention runs SDPA's math backend, whose matrix products the counter sees (the fused CPU
+  and GPU kernels compute the same products).
+`tools/param_count.py` prints these per model; the shape sweep (mlit/shape) turns training
+FLOPs per image into the compute axis of its scaling laws.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from mlit.model.config import MLiTConfig
+from mlit.model.moe import MoELayer
+from mlit.model.registry import module_for
+
+# a view count per image: SimCLR trains on two views of every image
+VIEWS = {"simclr": 2}
+
+
+def count(fn) -> int:
+    """FLOPs of the matrix products run by fn()."""
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def counting_model(cfg: MLiTConfig, kind: str):
+    torch.manual_seed(0)
+    return module_for(kind, cfg.replace(moe_impl="torch"))
+
+
+def example_batch(cfg: MLiTConfig, kind: str, batch: int) -> torch.Tensor:
+    views = VIEWS.get(kind, 1)
+    return torch.randn(batch * views, cfg.in_channels, cfg.image_size, cfg.image_size)
+
+
+def scalar_output(out) -> torch.Tensor:
+    """Something to call backward() on: the loss, or logits and aux loss summed."""
+    if isinstance(out, tuple):
+        return out[0].float().sum() + out[1]
+    return out.loss
+
+
+def forward_flops(cfg: MLiTConfig, kind: str = "finetune", batch: int = 2) -> float:
+    """Forward FLOPs per image in evaluation mode (the classifier by default)."""
+    model = counting_model(cfg, kind).eval()
+    images = example_batch(cfg, kind, batch)
+    with torch.no_grad():
+        flops = count(lambda: model(images))
+    return flops / batch
+
+
+def training_flops(cfg: MLiTConfig, kind: str, batch: int = 2) -> float:
+    """Forward + backward FLOPs per training image of a stage kind (pretrain: the MAE on
+    its visible patches and the decoder; simclr: both views; else the classifier)."""
+    model = counting_model(cfg, kind).train()
+    images = example_batch(cfg, kind, batch)
+    return count(lambda: scalar_output(model(images)).backward()) / batch
+
+
+def active_params(cfg: MLiTConfig) -> int:
+    """Parameters the classifier uses for one token: all but the weights of the experts
+    the token is not routed to (E - k per MoE layer), the figure MoE papers report."""
+    with torch.device("meta"):
+        model = module_for("finetune", cfg)
+    total = sum(p.numel() for p in model.parameters())
+    for layer in model.modules():
+        if isinstance(layer, MoELayer):
+            own = layer.experts.expert_weight[0].numel() + layer.experts.expert_bias[0].numel()
+            total -= (layer.num_experts - layer.gate.top_k) * own
+    return total

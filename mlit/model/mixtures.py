@@ -1,0 +1,66 @@
+"""The expert mixture in PyTorch: the sparse reference and the dense baseline of the
+contract in mlit/model/dispatch.py (docs/architecture.md, section 5), for the three sharing
+arrangements of paper Table 9.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SHARED = ("v_w2", "w_w2", "w_v")
+
+
+def _own_and_common(shared, w, b, v, c):
+    """(own weight, own bias, common weight, common bias, swish on the own side) for the
+    arrangements whose W2 is shared."""
+    if shared == "v_w2":
+        return w, b, v, c, True
+    return v, c, w, b, False
+
+
+def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared="v_w2"):
+    """Sparse reference: expert e only sees the tokens routed to it."""
+    if shared == "w_v":
+        hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)  # (N, h), shared
+        out = hidden.new_zeros(x.shape[0], w2.shape[2])
+        for e in range(gates.shape[1]):
+            routed = gates[:, e].nonzero().squeeze(1)
+            if routed.numel():
+                y_e = torch.addmm(b2[e], hidden[routed], w2[e])
+                out = out.index_add(0, routed, y_e * gates[routed, e, None].to(y_e.dtype))
+        return out
+    own, own_bias, common, common_bias, swish_own = _own_and_common(shared, w, b, v, c)
+    value = F.linear(x, common, common_bias)  # (N, h), the shared factor
+    if not swish_own:
+        value = F.silu(value)
+    mixed = value.new_zeros(value.shape)  # (N, h), sum_e g_e phi(x P_e + p_e)
+    for e in range(gates.shape[1]):
+        routed = gates[:, e].nonzero().squeeze(1)  # tokens that chose expert e
+        if routed.numel() == 0:
+            continue
+        gate_e = gates[routed, e].unsqueeze(1).to(value.dtype)
+        act = torch.addmm(own_bias[e], x[routed], own[e])
+        if swish_own:
+            act = F.silu(act)
+        mixed = mixed.index_add(0, routed, (act * gate_e).to(mixed.dtype))
+    return F.linear(value * mixed, w2, b2)
+
+
+def dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared="v_w2"):
+    """Every expert on every token: one GEMM, then a gated sum."""
+    if shared == "w_v":
+        E, h, d = w2.shape
+        hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)
+        outs = torch.addmm(b2.reshape(E * d), hidden,
+                           w2.permute(1, 0, 2).reshape(h, E * d)).view(-1, E, d)
+        return torch.einsum("ne,ned->nd", gates.to(outs.dtype), outs)
+    own, own_bias, common, common_bias, swish_own = _own_and_common(shared, w, b, v, c)
+    E, d, h = own.shape
+    w_all = torch.cat([common.t(), own.permute(1, 0, 2).reshape(d, E * h)], dim=1)
+    b_all = torch.cat([common_bias, own_bias.reshape(E * h)])
+    proj = torch.addmm(b_all, x, w_all)  # (N, h + E*h)
+    value, acts = proj[:, :h], proj[:, h:].view(-1, E, h)
+    value, acts = (value, F.silu(acts)) if swish_own else (F.silu(value), acts)
+    mixed = torch.einsum("ne,neh->nh", gates.to(acts.dtype), acts)
+    return F.linear(value * mixed, w2, b2)

@@ -1,0 +1,181 @@
+"""Mixture of experts: noisy top-k gating and shared-projection SwiGLU experts
+(docs/architecture.md, sections 4-5).
+
+Shazeer et al. 2017, "Outrageously large neural networks", with the mLiT twist that the
+experts of a layer share two of their three projections and own the third: V and W2 shared
+by default (paper Table 9, where this was best), or W and W2, or W and V (`shared`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mlit.model.dispatch import expert_mixture
+from mlit.model.mixtures import SHARED
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """y = the sum of x over every process; x's gradient is the sum of y's over them."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def global_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum over every process of a data-parallel run (torch.distributed's default group),
+    with its gradient, so that the balancing losses are those of the global batch and do not
+    depend on how many GPUs share it (docs/distributed.md); the tensor itself in one process."""
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1:
+        return _SumOverRanks.apply(values)
+    return values
+
+
+def cv_squared(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Squared coefficient of variation over experts: population var / (mean^2 + eps), fp32."""
+    x = x.float()
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    return x.var(unbiased=False) / (x.mean() ** 2 + eps)
+
+
+class NoisyTopKGate(nn.Module):
+    """Noisy top-k gating with the importance and load-balancing losses (section 4)."""
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, noisy: bool = True,
+                 noise_epsilon: float = 1e-2, importance_weight: float = 0.01,
+                 load_weight: float = 0.01, cv_epsilon: float = 1e-10):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k={top_k}: must be between 1 and num_experts={num_experts}")
+        self.num_experts, self.top_k, self.noisy = num_experts, top_k, noisy
+        self.noise_epsilon, self.cv_epsilon = noise_epsilon, cv_epsilon
+        self.importance_weight, self.load_weight = importance_weight, load_weight
+        self.w_gate = nn.Parameter(torch.empty(dim, num_experts))  # Wg
+        self.w_noise = nn.Parameter(torch.empty(dim, num_experts))  # Wn
+        # PyTorch's Linear default, as the paper uses default initialisation everywhere
+        bound = 1 / math.sqrt(dim)
+        nn.init.uniform_(self.w_gate, -bound, bound)
+        nn.init.uniform_(self.w_noise, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, d) -> gates (N, E) with k non-zeros per row, aux loss (), tokens per expert (E,).
+
+        Routing runs in fp32 even under autocast: top-k ties and the normal CDF are touchy.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            clean = x @ self.w_gate  # c = x Wg
+            use_noise = self.noisy and self.training
+            if use_noise:
+                noise_std = F.softplus(x @ self.w_noise) + self.noise_epsilon  # s
+                logits = clean + torch.randn_like(clean) * noise_std  # h = c + eps * s
+            else:
+                logits = clean
+            k = self.top_k
+            top_vals, top_idx = logits.topk(min(k + 1, self.num_experts), dim=1)
+            top_k_gates = F.softmax(top_vals[:, :k], dim=1)
+            gates = torch.zeros_like(logits).scatter(1, top_idx[:, :k], top_k_gates)
+
+            # sums over the global batch: under torchrun every rank's tokens count
+            # (docs/distributed.md), so the losses are those of one process at that batch
+            importance = global_sum(gates.sum(0))
+            if use_noise and k < self.num_experts:
+                load = self.load_probability(clean, logits, noise_std, top_vals).sum(0)
+            else:  # without noise the load is the (non-differentiable) routed count
+                load = (gates > 0).float().sum(0)
+            load = global_sum(load)
+            aux = (self.importance_weight * cv_squared(importance, self.cv_epsilon)
+                   + self.load_weight * cv_squared(load, self.cv_epsilon))
+        return gates, aux, (gates > 0).sum(0).detach()
+
+    def load_probability(self, clean, noisy, noise_std, top_vals) -> torch.Tensor:
+        """P(x, i) = Phi((c_i - t_i) / s_i): the chance that expert i stays in the top k when
+        only its own noise is re-drawn. t_i is the k-th largest noisy logit among the *other*
+        experts: the (k+1)-th largest of h if i is in the top k, else the k-th largest."""
+        k = self.top_k
+        kth = top_vals[:, k - 1 : k]  # (N, 1) k-th largest of h
+        kth_plus_one = top_vals[:, k : k + 1]  # (N, 1) (k+1)-th largest of h
+        in_top_k = noisy >= kth
+        threshold = torch.where(in_top_k, kth_plus_one, kth)
+        return torch.special.ndtr((clean - threshold) / noise_std)
+
+
+# which of W (under the swish), V and W2 each expert owns, per sharing arrangement
+OWNED = {"v_w2": "w", "w_w2": "v", "w_v": "w2"}
+
+
+class SharedSwiGLUExperts(nn.Module):
+    """E SwiGLU experts E_i(x) = (Swish(x W + b) * (x V + c)) W2 + b2 that share two of the
+    three projections (`shared`, Table 9) and own the third, `expert_weight`/`expert_bias`
+    (E, in, out). The shared ones are nn.Linear: `swish_proj` (W, b), `value_proj` (V, c),
+    `out_proj` (W2, b2). The default v_w2 owns W: `expert_weight` is (E, d, h)."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, impl: str = "auto",
+                 shared: str = "v_w2"):
+        super().__init__()
+        if shared not in SHARED:
+            raise ValueError(f"shared={shared!r}: must be one of {', '.join(SHARED)}")
+        self.impl, self.shared, self.owned = impl, shared, OWNED[shared]
+        fan_in, fan_out = (hidden, dim) if self.owned == "w2" else (dim, hidden)
+        self.expert_weight = nn.Parameter(torch.empty(num_experts, fan_in, fan_out))
+        self.expert_bias = nn.Parameter(torch.empty(num_experts, fan_out))
+        bound = 1 / math.sqrt(fan_in)  # each expert's own projection as its own nn.Linear
+        nn.init.uniform_(self.expert_weight, -bound, bound)
+        nn.init.uniform_(self.expert_bias, -bound, bound)
+        if self.owned != "w":
+            self.swish_proj = nn.Linear(dim, hidden)  # W, b (shared)
+        if self.owned != "v":
+            self.value_proj = nn.Linear(dim, hidden)  # V, c (shared)
+        if self.owned != "w2":
+            self.out_proj = nn.Linear(hidden, dim)  # W2, b2 (shared)
+
+    def projections(self) -> tuple[torch.Tensor, ...]:
+        """(W, b, V, c, W2, b2) in mlit.model.dispatch's order and layouts."""
+        own = (self.expert_weight, self.expert_bias)
+        w = own if self.owned == "w" else (self.swish_proj.weight, self.swish_proj.bias)
+        v = own if self.owned == "v" else (self.value_proj.weight, self.value_proj.bias)
+        w2 = own if self.owned == "w2" else (self.out_proj.weight, self.out_proj.bias)
+        return (*w, *v, *w2)
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        return expert_mixture(x, gates, *self.projections(), shared=self.shared,
+                              impl=self.impl)
+
+
+class MoELayer(nn.Module):
+    """y = sum_i G(x)_i E_i(x), then dropout (section 5). Tokens are flattened to (B*N, d)."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, dropout: float,
+                 impl: str = "auto", shared: str = "v_w2", **gate_kwargs):
+        super().__init__()
+        self.num_experts = num_experts
+        self.gate = NoisyTopKGate(dim, num_experts, top_k, **gate_kwargs)
+        self.experts = SharedSwiGLUExperts(dim, hidden, num_experts, impl, shared)
+        # Dropout of each expert's output, applied once to the gated sum (the same in
+        # expectation; one mask instead of k).
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("last_load", torch.zeros(num_experts, dtype=torch.long),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])  # (B*N, d)
+        gates, aux, load = self.gate(tokens)
+        self.last_load = load  # tokens routed to each expert, for logging
+        y = self.experts(tokens, gates)
+        return self.dropout(y).reshape(shape), aux

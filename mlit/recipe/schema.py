@@ -1,0 +1,219 @@
+"""The recipe of `mlit.train`: its sections and every field, typed and validated (pydantic).
+
+    recipe = load_recipe("recipes/mmlit_s.yaml", ["finetune.epochs=10", "train.amp=bf16"])
+
+A recipe has up to three stages, run in this order: a pre-training stage, `pretrain` (MAE)
+or `simclr` (contrastive), then `finetune` (classification from a pre-trained encoder: the
+pre-training stage of the same recipe or `finetune.init`), or `supervised` (classification
+from scratch). Any bad key, type or value
+raises RecipeError with one line that names the key (and, for a YAML problem, the line;
+reading the YAML is mlit/recipe/reading.py). The settings a resumed run may change are
+mlit/training/resume.py's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from mlit.model.config import MLiTConfig
+from mlit.model.registry import model_config
+from mlit.recipe.reading import RecipeError, Strict, read_tree, validate
+
+STAGE_ORDER = ("pretrain", "simclr", "finetune", "supervised")
+
+
+def ordered_range(pair: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+    if not low <= pair[0] <= pair[1] <= high:
+        raise ValueError(f"needs {low} <= low <= high <= {high} (got {list(pair)})")
+    return pair
+
+
+class Augment(Strict):
+    """Training-set augmentation (paper Tables 3-5; the zoo paper's grid)."""
+    random_resized_crop: bool = True
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    auto_augment: Optional[Literal["cifar10", "svhn", "imagenet"]] = None
+    rotation: float = Field(0.0, ge=0, le=180)  # degrees, RandomRotation(+-rotation)
+    random_erasing: float = Field(0.0, ge=0, le=1)  # probability
+    mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha); 0 is off
+    cutmix: float = Field(0.0, ge=0)  # Beta(alpha, alpha); 0 is off
+    color_jitter: float = Field(0.0, ge=0)  # SimCLR's strength s: jitter(0.8s, 0.8s, 0.8s, 0.2s), p=0.8
+    grayscale: float = Field(0.0, ge=0, le=1)  # probability
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_ordered(cls, v):
+        if v[0] <= 0:
+            raise ValueError(f"the smallest crop must cover some of the image (got {list(v)})")
+        return ordered_range(v, 0.0, 1.0)
+
+
+class Stage(Strict):
+    """One training stage. lr = base_lr * batch_size / 256 (paper Eq. 17)."""
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    base_lr: float = Field(gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
+    layer_decay: float = Field(1.0, gt=0, le=1)  # layer-wise lr decay (docs/architecture.md, 10)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    clip_grad: Optional[float] = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: Augment = Augment()
+    init: Optional[str] = None  # finetune: checkpoint whose encoder starts the stage
+    head: Optional[Literal["linear", "mlp"]] = None  # overrides model.head for this stage
+    head_seed: Optional[int] = None  # own generator for the head's initial weights
+    eval_every: int = Field(1, ge=1)  # epochs
+    checkpoint_every: int = Field(10, ge=1)  # epochs; the last epoch is always written
+    # model-zoo bookkeeping (docs/zoo.md): evaluate the untrained model as epoch 0, measure train
+    # accuracy in eval mode without augmentation, keep checkpoint_0000XY/ for every epoch
+    eval_at_start: bool = False
+    eval_train: bool = False
+    epoch_checkpoints: bool = False
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v):
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"each beta must be in [0, 1) (got {list(v)})")
+        return v
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}")
+        return self
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / 256
+
+
+class Data(Strict):
+    # folder: your own images, train/<class>/<image> and val/<class>/<image> under root
+    dataset: Literal["cifar100", "cifar10", "svhn", "flowers102", "digits", "folder"] = \
+        "cifar100"
+    root: str = "data"
+    download: bool = False
+    num_workers: int = Field(2, ge=0)  # torchvision pipeline only
+    # auto: the device pipeline (uint8 split on the GPU, batched augmentation) on CUDA, the
+    # torchvision DataLoader elsewhere; torchvision suits datasets too large for GPU memory
+    pipeline: Literal["auto", "torchvision", "device"] = "auto"
+    # normalisation; default: the dataset's own (a folder's: computed from its training split)
+    mean: Optional[tuple[float, float, float]] = None
+    std: Optional[tuple[float, float, float]] = None
+    # a folder dataset on the device pipeline is kept at stored_size x stored_size
+    # (default: twice model.image_size), so crops keep detail
+    stored_size: Optional[int] = Field(None, ge=8)
+
+    @model_validator(mode="after")
+    def _mean_and_std_together(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.mean and data.std: give both, or neither")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"data.std={list(self.std)}: must be positive")
+        return self
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+class Train(Strict):
+    device: str = "auto"  # auto: cuda if available, else cpu; or cpu, cuda, cuda:N, mps
+    amp: Literal["auto", "fp16", "bf16", "fp32"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    seed: int = 0
+    out: Optional[str] = None  # default runs/<recipe name>
+    log_every: int = Field(50, ge=1)  # steps between TensorBoard scalars
+    progress: bool = True
+    stop_after_epochs: Optional[int] = Field(None, ge=1)  # this invocation only; rerun resumes
+    threads: Optional[int] = Field(None, ge=1)  # torch CPU threads
+    compile: bool = False  # torch.compile the training step's model (Triton MoE included)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    # false: start over in train.out, deleting the checkpoints and logs an earlier run left
+    resume: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        try:
+            kind = torch.device(v).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in DEVICE_TYPES:
+            raise ValueError(f"{v!r} is not a device mlit runs on (auto, cpu, cuda, cuda:N, "
+                             "mps)")
+        return v
+
+
+class Recipe(Strict):
+    name: str
+    model: dict = Field(default_factory=lambda: {"name": "mlit_s"})
+    data: Data = Data()
+    train: Train = Train()
+    pretrain: Optional[Stage] = None
+    simclr: Optional[Stage] = None
+    finetune: Optional[Stage] = None
+    supervised: Optional[Stage] = None
+
+    @model_validator(mode="after")
+    def _stages_fit(self):
+        if not any(getattr(self, s) for s in STAGE_ORDER):
+            raise ValueError("a recipe needs at least one of pretrain, simclr, finetune, supervised")
+        if self.finetune and self.supervised:
+            raise ValueError("finetune and supervised exclude each other: pick one")
+        if self.pretrain and self.simclr:
+            raise ValueError("pretrain and simclr exclude each other: pick one pre-training")
+        if self.finetune and not (self.pretraining_stage() or self.finetune.init):
+            raise ValueError("finetune needs a pretrain stage or finetune.init=<checkpoint>")
+        for kind in ("pretrain", "simclr"):
+            if getattr(self, kind) and getattr(self, kind).layer_decay != 1.0:
+                raise ValueError(f"{kind}.layer_decay applies to classifiers only; leave it 1.0")
+        return self
+
+    def pretraining_stage(self) -> Optional[str]:
+        return "pretrain" if self.pretrain else "simclr" if self.simclr else None
+
+    def stages(self) -> list[tuple[str, Stage]]:
+        return [(s, getattr(self, s)) for s in STAGE_ORDER if getattr(self, s) is not None]
+
+    def model_settings(self, **extra) -> MLiTConfig:
+        return model_settings(self.model, "model", **extra)
+
+
+def model_settings(model: dict, key: str = "model", **extra) -> MLiTConfig:
+    """A recipe's model section (a registry name and fields) as a validated MLiTConfig;
+    `key` names the section in errors."""
+    spec = dict(model)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        raise RecipeError(f"{key}.name: required, e.g. mlit_s")
+    try:
+        return model_config(name, **{**spec, **extra})
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{key}.{err}") from None
+
+
+def build_recipe(tree: dict) -> Recipe:
+    recipe = validate(Recipe, tree)
+    recipe.model_settings()  # validates model.* fields now, before any work
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    return build_recipe(read_tree(path, overrides, "recipe", "the shipped ones are in recipes/"))
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)

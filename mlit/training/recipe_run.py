@@ -1,0 +1,99 @@
+"""Running a whole recipe: every stage in order in one run folder, under its lock, resumable
+(what `python -m mlit.train` does). Under torchrun every rank trains and rank 0 alone holds
+the folder and writes (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+from mlit import distributed
+from mlit.errors import Interrupted
+from mlit.files.atomic import DiskFull, write_json
+from mlit.files.lock import FolderLock
+from mlit.files.tensorboard import TensorBoard
+from mlit.recipe.schema import STAGE_ORDER, Recipe
+from mlit.training.engine import NonFiniteLoss, select_device, select_precision
+from mlit.training.run_folder import (
+    output_dir,
+    prepare_run_folder,
+    pretrained_encoder,
+    settle_data,
+)
+from mlit.training.stage import StageRun
+
+
+def run(recipe: Recipe) -> dict:
+    """Every stage of the recipe in order; returns (and writes) the summary. Under torchrun
+    every rank trains and rank 0 alone holds the folder and writes (docs/distributed.md)."""
+    with distributed.collective_errors():
+        w = distributed.init(recipe.train.device)
+        out = output_dir(recipe)
+        lock = (FolderLock(out, advice="wait for it to finish, or choose another train.out")
+                if w.writer else contextlib.nullcontext())
+        with lock:
+            return run_in_folder(recipe, out)
+
+
+def run_in_folder(recipe: Recipe, out: Path) -> dict:
+    """The stages, under the folder's lock; a full disk or an interrupt names the checkpoint
+    a rerun resumes from."""
+    try:
+        distributed.on_rank0(lambda: prepare_run_folder(out, recipe))
+        recipe = settle_data(recipe, out)
+        return run_stages(recipe, out)
+    except (DiskFull, Interrupted) as err:
+        if not err.last_good:  # failed outside a stage: name the newest checkpoint
+            saved = [out / k / "checkpoint.pt" for k in STAGE_ORDER]
+            err.last_good = next((str(p) for p in reversed(saved) if p.exists()),
+                                 "none yet" if isinstance(err, DiskFull) else "")
+        raise
+
+
+def run_stages(recipe: Recipe, out: Path) -> dict:
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    w = distributed.world()
+    device = distributed.device_of(select_device(recipe.train.device))
+    precision = select_precision(device, recipe.train.amp)
+    summary: dict = {"recipe": recipe.name, "device": str(precision.device),
+                     "dtype": str(precision.dtype).removeprefix("torch."), "stages": {}}
+    encoder_init = None
+    writer = TensorBoard(out / "tb", enabled=w.writer)
+    try:
+        for kind, stage in recipe.stages():
+            if kind == "finetune":
+                encoder_init = pretrained_encoder(recipe, out, stage)
+            stage_run = StageRun(recipe, kind, stage, out, precision, writer, encoder_init)
+            try:
+                result = stage_run.run()
+            except NonFiniteLoss as err:
+                err.where = f"stage {kind}; last good checkpoint: {stage_run.last_good()}"
+                raise
+            except DiskFull as err:
+                err.last_good = stage_run.last_good()
+                raise
+            except Interrupted as err:  # Ctrl-C or SIGTERM: say where, and what resumes
+                err.where = f"in stage {kind} at epoch {stage_run.epoch + 1} of {stage.epochs}"
+                if stage_run.last_path.exists():
+                    err.last_good = stage_run.last_good()
+                else:
+                    err.resume = ("no checkpoint of this stage yet: run the same command "
+                                  "again to start it over")
+                raise
+            distributed.barrier()  # rank 0's last checkpoint is written: the next stage reads it
+            summary["stages"][kind] = result
+            if result.get("epoch", 0) < stage.epochs:  # stopped early by stop_after_epochs
+                summary["incomplete"] = kind
+                break
+    finally:
+        writer.close(quiet=sys.exc_info()[0] is not None)
+    last = summary["stages"][next(reversed(summary["stages"]))]
+    summary.update({k: v for k, v in last.items() if k.startswith("test_")})
+    if w.writer:
+        write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,132 @@
+"""The run folder of `mlit.train` (docs/training.md): what it holds and the rules for using
+it again.
+
+    train.out/                    (default runs/<recipe name>)
+      recipe.yaml                 the resolved recipe; a rerun resumes only with the same one
+      <stage>/checkpoint.pt       per stage: the last checkpoint, written atomically
+      metrics.jsonl, summary.json one line per epoch; the result
+      data_stats.json             a folder dataset's classes and normalisation
+      tb/                         TensorBoard
+
+`prepare_run_folder` runs under the folder's lock (mlit/files/lock.py): it drops what killed
+writes left, then starts over (train.resume=false) or checks that the checkpoints there belong
+to this recipe (mlit/training/resume.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from mlit import distributed
+from mlit.data.catalogue import dataset_info
+from mlit.data.errors import DatasetInvalid
+from mlit.data.folder import checked_layout
+from mlit.files import modelfile
+from mlit.files.atomic import remove_orphans, write_json, write_text_atomic
+from mlit.files.jsonl import DamagedFile
+from mlit.recipe.reading import RecipeError, parse_yaml
+from mlit.recipe.schema import STAGE_ORDER, Recipe, Stage, build_recipe, recipe_to_yaml
+from mlit.training.resume import changed_fields
+
+DATA_STATS = "data_stats.json"  # a folder dataset's classes and normalisation
+RUN_FILES = ("metrics.jsonl", "summary.json", DATA_STATS)
+
+
+def output_dir(recipe: Recipe) -> Path:
+    return Path(recipe.train.out or Path("runs") / recipe.name)
+
+
+def saved_recipe(path: Path) -> Recipe:
+    """The recipe.yaml an earlier run of this folder wrote."""
+    try:
+        return build_recipe(parse_yaml(path.read_text(), str(path)))
+    except (RecipeError, OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path} cannot be read back ({err}): add train.resume=false to "
+                          "start over there, or choose another train.out") from None
+
+
+def clear_run(out: Path) -> None:
+    """train.resume=false: forget the earlier run, its checkpoints and logs."""
+    for kind in STAGE_ORDER:
+        shutil.rmtree(out / kind, ignore_errors=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def prepare_run_folder(out: Path, recipe: Recipe) -> None:
+    """Under the folder's lock: drop what killed writes left, then either start over
+    (train.resume=false), or check that the checkpoints there belong to this recipe."""
+    remove_orphans(out)
+    recipe_path = out / "recipe.yaml"
+    if not recipe.train.resume:
+        clear_run(out)
+    elif recipe_path.exists() and any(out.glob("*/checkpoint.pt")):
+        changes = changed_fields(saved_recipe(recipe_path), recipe)
+        if changes:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:5])
+            more = f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
+            raise RecipeError(
+                f"{out} holds checkpoints of another recipe ({listed}{more}): add "
+                "train.resume=false to start over there, or choose another train.out")
+    text = recipe_to_yaml(recipe)
+    if not recipe_path.exists() or recipe_path.read_text(errors="replace") != text:
+        write_text_atomic(recipe_path, text)
+
+
+def pretrained_encoder(recipe: Recipe, out: Path, stage: Stage) -> dict:
+    """The encoder a fine-tune starts from: finetune.init, or this run's pre-training."""
+    source = stage.init or out / recipe.pretraining_stage() / "checkpoint.pt"
+    key = "finetune.init" if stage.init else f"the {recipe.pretraining_stage()} checkpoint"
+    return modelfile.encoder_for(source, recipe.model_settings(), recipe.model["name"], key)
+
+
+def settle_data(recipe: Recipe, out: Path) -> Recipe:
+    """A folder dataset's classes and normalisation, fixed for the whole run: rank 0 reads
+    them from data_stats.json (a resumed run) or works them out (dataset_info) and writes
+    it; every rank then uses rank 0's. A classifying stage on unlabeled images stops here."""
+    data = recipe.data
+    if data.dataset != "folder":
+        return recipe
+
+    def stats() -> dict:
+        checked_layout(data.root)  # the layout, before anything is computed or written
+        path = out / DATA_STATS
+        if data.mean is None and path.is_file():
+            found = read_json_object(path)
+            source = f"{path} ({found.get('source', 'an earlier start')})"
+        else:
+            info = dataset_info(data)
+            found = {"classes": list(info.classes), "mean": list(info.mean),
+                     "std": list(info.std), "source": info.stats,
+                     "train_images": info.train_size}
+            write_json(path, found)
+            source = info.stats
+        print(f"data: {data.root}: {found['train_images']} training images, "
+              f"{len(found['classes']) or 'no'} classes; normalisation {source}",
+              file=sys.stderr)
+        return found
+
+    found = distributed.on_rank0(stats)
+    classifier = [k for k, _ in recipe.stages() if k in ("finetune", "supervised")]
+    if classifier and not found["classes"]:
+        raise DatasetInvalid(f"{data.root}/train: images without class folders serve MAE or "
+                             f"SimCLR pre-training only; the {classifier[0]} stage needs "
+                             "train/<class>/<image>")
+    update = {"mean": tuple(found["mean"]), "std": tuple(found["std"])}
+    return recipe.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def read_json_object(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedFile(f"{path} cannot be read back ({err}); delete it to compute the "
+                          "statistics again") from None
+    if not isinstance(found, dict) or not {"classes", "mean", "std"} <= set(found):
+        raise DamagedFile(f"{path}: not the statistics mlit.train writes; delete it to "
+                          "compute them again")
+    return found
