@@ -59,6 +59,8 @@ def write_onnx(args) -> int:
             print(f"warning: the int8 file's test top-1 {int8:.4f} is more than "
                   f"{onnx_export.INT8_DROP * 100:g} point below fp32's {fp32:.4f}",
                   file=sys.stderr)
+    elif args.int8 and args.encoder_only:
+        print("test top-1 not measured: an encoder alone has no classes to score")
     elif args.int8:
         print("test top-1 not measured: the run's test split is not on this machine")
     return 0

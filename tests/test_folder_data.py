@@ -145,3 +145,135 @@ def test_a_file_that_cannot_be_decoded_is_named_skipped_and_counted(tmp_path, ca
     assert line.endswith(f" images of the training split cannot be decoded (more than "
                          f"{MAX_UNREADABLE}); the warnings above name them: replace or remove "
                          "them")
+
+
+def one_error(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("mlit.train: ") and "Traceback" not in "\n".join(lines), lines
+    return lines[-1]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda r: [(r / s / "emu").rename(r / s / "zebra") for s in ("train", "val")],
+     "new: zebra; gone: emu"),
+    (lambda r: write_images(r / "train" / "fox", 3, 0, 5), "new: fox"),
+])
+def test_a_resumed_run_never_trains_on_another_class_mapping(tmp_path, capsys, change, words):
+    root = image_folder(tmp_path / "images")
+    assert train(root, tmp_path / "run", "train.stop_after_epochs=1") == 0  # pretrain 1 of 1
+    change(root)
+    folder.scan.cache_clear()
+    assert train(root, tmp_path / "run") == 2
+    line = one_error(capsys)
+    assert line.startswith(f"mlit.train: {root}/train: its class folders changed since this "
+                           f"run's checkpoints ({words}; ")
+    assert line.endswith("restore them, or start over with train.resume=false or another "
+                         "train.out")
+    assert train(root, tmp_path / "run", "train.resume=false") == 0  # starting over is fine
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s.pop("train_images"), "train_images: Field required"),
+    (lambda s: s.update(std=[0, 0, 0]), "std: must be positive"),
+    (lambda s: s.update(std="x"), "std: "),
+    (lambda s: s.update(mean=[1.5, 0.2, 0.2]), "mean.0: Input should be less than or equal to 1"),
+])
+def test_a_damaged_data_stats_file_is_one_line(tmp_path, capsys, edit, words):
+    root = image_folder(tmp_path / "images")
+    run = tmp_path / "run"
+    assert train(root, run, "train.stop_after_epochs=1") == 0
+    stats = json.loads((run / "data_stats.json").read_text())
+    edit(stats)
+    (run / "data_stats.json").write_text(json.dumps(stats))
+    assert train(root, run) == 2
+    line = one_error(capsys)
+    assert line.startswith(f"mlit.train: {run / 'data_stats.json'}: {words}"), line
+    assert line.endswith("delete it to compute the statistics again")
+
+
+def test_one_class_and_loose_validation_images_are_refused(tmp_path, capsys):
+    root = image_folder(tmp_path / "images")
+    for name in ("dog", "emu"):
+        __import__("shutil").rmtree(root / "train" / name)
+        __import__("shutil").rmtree(root / "val" / name)
+    assert train(root, tmp_path / "run") == 2
+    assert one_error(capsys) == (f"mlit.train: {root}/train: one class folder (cat); the "
+                                 "finetune stage needs at least two classes (a one-class "
+                                 "classifier is always right)")
+    root = image_folder(tmp_path / "loose")
+    for image in (root / "val").rglob("*.*"):
+        image.rename(root / "val" / f"{image.parent.name}_{image.name}")
+    for name in CLASSES:
+        (root / "val" / name).rmdir()
+    assert train(root, tmp_path / "run2") == 2
+    assert one_error(capsys) == (f"mlit.train: {root}/val: its images lie directly in val/; a "
+                                 "labeled dataset needs val/<class>/<image>, as train/ has")
+
+
+def test_hidden_folders_and_loose_training_images_are_not_classes(tmp_path, capsys):
+    root = image_folder(tmp_path / "images")
+    write_images(root / "train" / ".ipynb_checkpoints", 2, 0, 7)
+    write_images(root / "train", 2, 1, 8, prefix="loose")
+    (root / "train" / "cat" / "._000.png").write_bytes(b"AppleDouble")  # macOS metadata
+    layout = folder.scan(str(root))
+    assert layout.classes == tuple(CLASSES) and len(layout.train) == 36
+    assert (f"warning: {root}/train: 2 images lie directly in train/ beside its class folders "
+            "(e.g. loose000.png) and are not used") in capsys.readouterr().err
+
+
+def test_16_bit_exif_and_any_decoding_failure(tmp_path, capsys):
+    sixteen = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 65535 // 2, dtype=np.uint16)).save(sixteen)
+    assert Image.open(sixteen).mode.startswith("I")
+    assert np.asarray(folder.open_rgb(sixteen)).max() == 127  # scaled, not clipped to 255
+    rotated = tmp_path / "phone.jpg"
+    image = Image.new("RGB", (20, 10), (200, 0, 0))
+    exif = image.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees to be upright
+    image.save(rotated, exif=exif)
+    assert folder.open_rgb(rotated).size == (10, 20)
+    root = image_folder(tmp_path / "images")
+    tiff = root / "train" / "cat" / "broken.tiff"
+    tiff.write_bytes(b"II*\x00" + b"\x08\x00\x00\x00" + b"\x01\x00" + bytes(10) + b"\xff" * 40)
+    folder.scan.cache_clear()
+    dataset = folder.FolderImages(str(root), train=True)
+    index = [p for p, _ in dataset.samples].index(tiff)
+    assert dataset[index][0].size  # another image stands in
+    assert dataset.bad[index] == 1
+    folder.FolderImages(str(root), train=True)[index]  # a second dataset of the split
+    warned = [l for l in capsys.readouterr().err.splitlines() if "broken.tiff" in l]
+    assert len(warned) == 1  # warned once per process, not once per dataset
+
+
+def test_pixel_scale_or_non_numeric_normalisation_is_refused(tmp_path, capsys):
+    root = image_folder(tmp_path / "images")
+    for extra, words in ((["data.mean=[123.7,116.3,103.5]", "data.std=[58.4,57.1,57.4]"],
+                          "on the 0-255 pixel scale; mlit normalises pixels scaled to [0, 1], "
+                          "so divide by 255: [0.485, 0.456, 0.406]"),
+                         (["data.mean=[true,false,true]", "data.std=[0.2,0.2,0.2]"],
+                          "data.mean.0: Input should be a valid number (got True)")):
+        assert train(root, tmp_path / "run", *extra) == 2
+        assert words in one_error(capsys)
+
+
+def test_library_noise_becomes_our_lines_or_nothing(tmp_path, capfd, monkeypatch):
+    """libtiff's note on a damaged LZW strip (written to the file descriptor, past Python)
+    and PIL's decompression-bomb warning do not reach the output as they are."""
+    rng = np.random.default_rng(0)
+    lzw = tmp_path / "damaged.tiff"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        lzw, compression="tiff_lzw")
+    data = bytearray(lzw.read_bytes())
+    for i in range(200, 1200, 7):
+        data[i] ^= 0x5A
+    lzw.write_bytes(bytes(data))
+    with pytest.raises(OSError):
+        folder.open_rgb(lzw)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (12, 12)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: over it, not twice
+    assert folder.open_rgb(big).size == (12, 12)
+    out, err = capfd.readouterr()
+    assert "Using code not yet in table" not in out + err
+    assert err.strip().splitlines() == [f"warning: {big}: over PIL's decompression-bomb limit "
+                                        "of 100 pixels; decoded anyway"]

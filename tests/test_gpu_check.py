@@ -82,3 +82,59 @@ def test_bad_arguments_are_argparse_errors(args, message):
     done = gpu_check(*args, timeout=60)
     assert done.returncode == 2 and message in done.stderr
     assert done.stderr.startswith("usage: gpu_check.py")
+
+
+def test_a_damaged_part_file_is_reported_and_the_rest_kept(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "out"
+    __import__("shutil").copytree(out, copy)
+    (copy / "bench.json").write_text('{"part": "bench", "passed": tr')  # killed mid-write
+    (copy / "env.json").write_text('{"part": "env"}')
+    sys.path.insert(0, str(ROOT / "tools"))
+    import gpu_check as tool
+
+    report = tool.write_report(copy, ["--only", "kernel"])
+    assert not report["passed"] and list(report["parts"]) == PARTS  # the others kept
+    assert report["parts"]["bench"]["summary"].startswith(f"its result {copy / 'bench.json'} "
+                                                          "is damaged (")
+    assert report["parts"]["env"]["summary"] == (
+        f"its result {copy / 'env.json'} is damaged (it lacks checks, figures, markdown, "
+        "passed, summary); run it again with --only env")
+
+
+def test_an_unwritable_out_and_a_limit_past_its_bound_are_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    done = gpu_check("--out", str(tmp_path / "file" / "sub"))
+    assert done.returncode == 2 and done.stderr == (
+        f"gpu_check: --out {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file, not a "
+        "folder\n")
+    done = gpu_check("--limit", "env=1e6")
+    assert done.returncode == 2 and "SECONDS above 0 and below 100000" in done.stderr
+
+
+@pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_stops_the_running_part_too(tmp_path, sig, status):
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.Popen([sys.executable, str(TOOL), "--smoke", "--only", "train",
+                             "--out", str(tmp_path)], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (tmp_path / "train.log").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the part is importing torch, or training
+    children = subprocess.run(["pgrep", "-f", "--", f"--part train --out {tmp_path}"],
+                              capture_output=True, text=True).stdout.split()
+    assert children, "the train part did not start"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status
+    assert err.strip().splitlines()[-1].startswith(
+        f"gpu_check: interrupted by {sig} while running the train part; the parts that "
+        f"finished are in {tmp_path}")
+    time.sleep(0.5)
+    alive = subprocess.run(["pgrep", "-f", "--", f"--part train --out {tmp_path}"],
+                           capture_output=True, text=True).stdout.split()
+    assert alive == [], "the part was left running"

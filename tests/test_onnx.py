@@ -162,3 +162,122 @@ def test_a_failed_check_is_one_line_and_leaves_no_file(run, monkeypatch, capsys)
         "mlit.export: the ONNX graph disagrees with PyTorch on random images at batch 1")
     assert lines[0].endswith("no file was written")
     assert not (run / "failed.onnx").exists() and not list(run.glob(".failed.onnx.*"))
+
+
+def relabel(source: Path, target: Path, **changes) -> Path:
+    """A copy of an ONNX export whose metadata says something else."""
+    model = onnx.load(str(source))
+    meta = {p.key: p.value for p in model.metadata_props}
+    for key, value in changes.items():
+        if key == "model_config":
+            value = json.dumps({**json.loads(meta["model_config"]), **value})
+        meta[key] = value
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    onnx.save(model, str(target))
+    return target
+
+
+def test_the_metadata_is_held_against_the_graph_and_its_weights(run, tmp_path, capsys):
+    """Every export carries its weights' digest; a file whose metadata does not describe
+    its graph, or whose weights were changed, is one line naming what disagrees."""
+    source = run / "model.onnx"
+    if not source.exists():
+        assert export_cli.main([str(run / "finetune" / "checkpoint.pt"), str(source)]) == 0
+    model = onnx.load(str(source))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert len(meta["weights_sha256"]) == 64
+    flipped = onnx.load(str(source))
+    weights = max(flipped.graph.initializer, key=lambda t: len(t.raw_data))
+    weights.raw_data = bytes(b ^ 0xFF for b in weights.raw_data[:200]) + weights.raw_data[200:]
+    onnx.save(flipped, str(tmp_path / "flipped.onnx"))
+    foreign = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    foreign.metadata_props.extend(model.metadata_props)
+    del foreign.metadata_props[[p.key for p in foreign.metadata_props].index("weights_sha256")]
+    onnx.save(foreign, str(tmp_path / "copied.onnx"))
+    cases = {
+        "flipped.onnx": "its weights do not match the weights_sha256 in its metadata",
+        "copied.onnx": "the graph has no 'images' input (it has x, y): not an mLiT export",
+        relabel(source, tmp_path / "classes.onnx", model_config={"num_classes": 3}).name:
+            "the graph's 'logits' is ['batch', 10], its metadata's model_config makes it "
+            "['B', 3]",
+        relabel(source, tmp_path / "top_k.onnx", model_config={"top_k": 1}).name:
+            "the graph's 'experts' is ['batch', 3, 17, 2]",
+        relabel(source, tmp_path / "size.onnx", image_size="36").name:
+            "metadata image_size 36 is not its model_config's 12",
+        relabel(source, tmp_path / "std.onnx", normalization=json.dumps(
+            {"mean": [0.3, 0.3, 0.3], "std": [-0.37, 0.37, 0.37]})).name:
+            "each must lie in [0, 1], std above 0",
+        relabel(source, tmp_path / "fp4.onnx", quantized="fp4").name: "quantized: ",
+        relabel(source, tmp_path / "names.onnx", class_names='["a", "b"]').name:
+            "metadata class_names has 2 names for a model of 10 classes",
+    }
+    for name, words in cases.items():
+        capsys.readouterr()
+        assert eval_cli.main([str(tmp_path / name)]) == 2, name
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mlit.eval: {tmp_path / name}: ")
+        assert words in lines[0], (name, lines[0])
+
+
+def test_onnx_files_on_the_wrong_path_say_what_they_are(run, tmp_path, capsys):
+    import mlit
+    from mlit.files.checkpoint import CheckpointError
+
+    source = run / "model.onnx"
+    if not source.exists():
+        assert export_cli.main([str(run / "finetune" / "checkpoint.pt"), str(source)]) == 0
+    with pytest.raises(CheckpointError, match=r"is an ONNX export, for ONNX Runtime \(python "
+                                              r"-m mlit.eval .* runs it\)"):
+        mlit.load(source)
+    assert export_cli.main([str(source), str(tmp_path / "again.safetensors")]) == 2
+    assert "is an ONNX export, for ONNX Runtime" in capsys.readouterr().err
+    (tmp_path / "dir.onnx").mkdir()
+    assert eval_cli.main([str(tmp_path / "dir.onnx")]) == 2
+    assert capsys.readouterr().err.strip().endswith("dir.onnx is a folder, not an ONNX file")
+    (tmp_path / ".onnx").write_bytes(b"not onnx")
+    assert eval_cli.main([str(tmp_path / ".onnx")]) == 2
+    assert "is not a readable ONNX file" in capsys.readouterr().err
+
+
+def test_on_a_dataset_of_another_class_count_onnx_is_refused_as_pt_is(run, capsys):
+    source = run / "model.onnx"
+    if not source.exists():
+        assert export_cli.main([str(run / "finetune" / "checkpoint.pt"), str(source)]) == 0
+    for file in (source, run / "finetune" / "checkpoint.pt"):
+        capsys.readouterr()
+        assert eval_cli.main([str(file), "data.dataset=cifar100"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"mlit.eval: data.dataset=cifar100: has 100 classes, the model in {file} "
+            "predicts 10")
+
+
+def test_long_names_and_a_killed_exports_leftovers(run, tmp_path, capsys):
+    ckpt = str(run / "finetune" / "checkpoint.pt")
+    long = tmp_path / ("a" * 240 + ".onnx")
+    assert export_cli.main([ckpt, str(long)]) == 2
+    assert ("the file name is 245 bytes; it is written through a temporary name 14 bytes "
+            "longer, so it may have at most 241") in capsys.readouterr().err
+    leftover = tmp_path / ".m.onnx.abcd1234"  # what kill -9 leaves mid-export
+    leftover.mkdir()
+    (leftover / "fp32.onnx").write_bytes(b"partial")
+    assert export_cli.main([ckpt, str(tmp_path / "m.onnx"), "--int8", "--encoder-only"]) == 0
+    assert not leftover.exists()
+    assert "test top-1 not measured: an encoder alone has no classes to score" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--models", ",,"], "--models ',,': give model names separated by commas"),
+    (["--models", "nosuch"], "--models: nosuch is not a model this benchmark knows ("),
+    (["--json", "/proc/x.json"], "--json /proc/x.json: cannot write there"),
+])
+def test_bench_infer_checks_its_flags_before_any_work(args, words):
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_infer.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("bench_infer: ") and words in done.stderr
+    assert done.stderr.count("\n") == 1

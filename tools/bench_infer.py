@@ -35,85 +35,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-MLIT = ("mlit_s", "mlit_xs", "mlit_xxs")
+from mlit.cli import run_command
+from mlit.files.atomic import write_json
+from mlit.files.paths import output_file
+
+from bench_infer_models import MLIT, build, model_list
+
 GOALS = [("mlit_xxs ONNX Runtime fp32 vs eager, batch 1 latency", 2.5),
          ("mlit_xxs ONNX Runtime fp32 vs eager, batch {big} images/s", 1.5),
          ("mlit_xxs ONNX Runtime int8 vs fp32, batch {big} images/s", 1.5),
          ("mlit_xxs vs mobilevit_xxs (ONNX Runtime each), batch {big} images/s", 1.0)]
-
-
-# -- the reference models ---------------------------------------------------------------------
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = (nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
-
-
-class ResNet56(nn.Module):
-    """The CIFAR ResNet of He et al. (2016): 3 stages of 9 basic blocks, 16/32/64 channels,
-    0.85M parameters, 32 x 32 inputs."""
-
-    def __init__(self, num_classes: int = 100):
-        super().__init__()
-        layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(9):
-                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1))
-                cin = cout
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(64, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.features(x).mean((2, 3)))
-
-
-class LogitsOnly(nn.Module):
-    """mLiT returns (logits, L_moe): the logits."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images):
-        return self.model(images)[0]
-
-
-def build(name: str) -> tuple[nn.Module, int, str]:
-    """(model in eval mode, input size, how the ONNX file is made) for a model name."""
-    import mlit
-
-    if name in MLIT:
-        return mlit.create_model(name, num_classes=100).eval(), 36, "mlit"
-    if name == "vit_xxs_dense":
-        model = mlit.create_model("mlit_xxs", num_classes=100, ffn="mlp").eval()
-        return LogitsOnly(model).eval(), 36, "plain"
-    if name == "resnet56":
-        return ResNet56().eval(), 32, "plain"
-    import timm
-
-    size = 256 if name == "mobilevit_xxs" else 224
-    return timm.create_model(name, pretrained=False, num_classes=100).eval(), size, "plain"
-
-
-def models(quick: bool) -> list[str]:
-    if quick:
-        return ["mlit_xxs", "resnet56"]
-    names = [*MLIT, "vit_xxs_dense", "resnet56"]
-    try:
-        import timm  # noqa: F401
-        names += ["mobilevit_xxs", "deit_tiny_patch16_224"]
-    except ImportError:
-        pass
-    return names
 
 
 # -- measuring one model ------------------------------------------------------------------------
@@ -244,7 +175,7 @@ def profile_xxs(folder: Path) -> list[tuple[str, float]]:
     return [(op, 100 * us / total) for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])]
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="XXS and ResNet-56, 1 thread")
     parser.add_argument("--models", help="comma list (default: all there are)")
@@ -260,9 +191,17 @@ def main(argv=None) -> None:
         print(json.dumps(rows))
         if args.profile and args.one == "mlit_xxs":
             print(json.dumps(profile_xxs(Path(args.folder))))
-        return
+        return 0
+    return run_command("bench_infer", lambda: benchmark(args))
+
+
+def benchmark(args) -> int:
+    """Every model in a child process of its own, then the table and the goals; exit 1 when a
+    model failed to measure."""
+    out = output_file(args.json, "--json") if args.json else None  # before any work
+    names = model_list(args.models, args.quick)
     threads = [1] if args.quick else sorted({1, os.cpu_count() or 1})
-    names = args.models.split(",") if args.models else models(args.quick)
+    failed = []
     print(f"machine: {machine()}")
     print(f"random weights, float32 inputs; batch 1 latency over {5 if args.quick else 50} "
           f"runs, throughput at batch {8 if args.quick else 64}; warm-up excluded\n")
@@ -276,6 +215,7 @@ def main(argv=None) -> None:
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 print(f"{name}: failed: {(done.stderr.strip().splitlines() or [''])[-1]}")
+                failed.append(name)
                 continue
             lines = done.stdout.strip().splitlines()
             rows += json.loads(lines[-2 if args.profile and name == "mlit_xxs" else -1])
@@ -300,9 +240,10 @@ def main(argv=None) -> None:
         print("\nONNX Runtime profile, mlit_xxs, batch 1, 1 thread (share of operator time):")
         for op, share in profile[:10]:
             print(f"  {op:<24} {share:5.1f}%")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    if out:
+        write_json(out, {"machine": machine(), "rows": rows}, indent=1)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,10 +33,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
+from mlit.cli import run_command  # noqa: E402
+from mlit.errors import Interrupted, first_line  # noqa: E402
+from mlit.files.paths import output_folder  # noqa: E402
+
 # part -> seconds it may take on the GPU (8 minutes in all) and in --smoke on a CPU
 LIMITS = {"env": (30, 60), "kernel": (60, 240), "train": (200, 240), "bench": (140, 240),
           "profile": (50, 120)}
 PARTS = list(LIMITS)
+MAX_LIMIT = 1e5  # seconds: a day and more is a typo
+RESULT_KEYS = {"part", "passed", "summary", "checks", "figures", "markdown"}
 
 
 def parse_args(argv):
@@ -68,9 +75,10 @@ def part_limit(text: str) -> tuple[str, float]:
         value = float(seconds)
     except ValueError:
         value = -1.0
-    if name not in LIMITS or not 0 < value < 1e5:
+    if name not in LIMITS or not 0 < value < MAX_LIMIT:
         raise argparse.ArgumentTypeError(f"{text!r}: expected PART=SECONDS with PART one of "
-                                         f"{', '.join(PARTS)} and SECONDS above 0")
+                                         f"{', '.join(PARTS)} and SECONDS above 0 and below "
+                                         f"{MAX_LIMIT:.0f}")
     return name, value
 
 
@@ -91,21 +99,55 @@ def run_part(name: str, out: Path, smoke: bool, limit: float) -> dict:
         try:
             code = child.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, 9)  # the part and whatever it started
-            child.wait()
+            stop(child)
             code = None
+        except Interrupted as err:  # Ctrl-C or SIGTERM: the part must not keep the GPU busy
+            stop(child)
+            err.where = f"while running the {name} part"
+            err.resume = (f"the parts that finished are in {out}: run again with --only "
+                          "and the parts left")
+            raise
     seconds = round(time.time() - start, 1)
     if code is None:
         result = failed(name, f"ran out of time after {limit:.0f} s (--limit {name}=SECONDS "
                               "gives it more)")
     elif result_path.exists():
-        result = json.loads(result_path.read_text())
+        result = read_result(result_path, name)
     else:
         result = failed(name, f"exited with status {code} before writing its result: "
                               f"{last_line(out / f'{name}.log')}")
     result["seconds"] = seconds
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def stop(child: subprocess.Popen, grace: float = 5.0) -> None:
+    """End a part and whatever it started (its own session): SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def read_result(path: Path, name: str) -> dict:
+    """A part's result file, or a failed result saying it is damaged (a part killed while
+    writing it, a file edited by hand): the report keeps the other parts."""
+    try:
+        result = json.loads(path.read_text())
+        if isinstance(result, dict) and RESULT_KEYS <= set(result):
+            return result
+        why = f"it lacks {', '.join(sorted(RESULT_KEYS - set(result)))}" \
+            if isinstance(result, dict) else "not a JSON object"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = first_line(err)
+    return failed(name, f"its result {path} is damaged ({why}); run it again with --only "
+                        f"{name}")
 
 
 def failed(name: str, why: str) -> dict:
@@ -126,7 +168,7 @@ def cuda_available() -> bool:
 # -- the report -------------------------------------------------------------------------------
 def write_report(out: Path, argv: list[str]) -> dict:
     """report.md and report.json from every part's result in OUT (this run's and earlier)."""
-    results = {n: json.loads((out / f"{n}.json").read_text()) for n in PARTS
+    results = {n: read_result(out / f"{n}.json", n) for n in PARTS
                if (out / f"{n}.json").exists()}
     device = results.get("env", {}).get("figures", {}).get("device", "unknown device")
     report = {"command": "python tools/gpu_check.py " + " ".join(argv),
@@ -153,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.part:  # child: run one part, write OUT/<part>.json
         import gpu_check_parts
         return gpu_check_parts.run(args.part, args.out, args.smoke)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"gpu_check: --out {args.out}: {err.strerror}", file=sys.stderr)
-        return 2
+    return run_command("gpu_check", lambda: check(args, argv))
+
+
+def check(args, argv: list[str]) -> int:
+    output_folder(args.out, "--out")  # before any part runs
     limits = {n: LIMITS[n][1 if args.smoke else 0] for n in PARTS} | dict(args.limit)
     for name in args.only:
         print(f"[{name}] running (limit {limits[name]:.0f} s)", flush=True)

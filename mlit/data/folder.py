@@ -16,13 +16,17 @@ split fail, the run stops naming the count (docs/datasets.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
+import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -34,7 +38,26 @@ EVAL_FOLDERS = ("val", "test")
 
 
 def is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS
+    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not hidden(path.name)
+
+
+def hidden(name: str) -> bool:
+    """.ipynb_checkpoints/, .DS_Store, ._photo.jpg (macOS): never a class, never an image."""
+    return name.startswith(".")
+
+
+def images_below(folder: Path) -> list[Path]:
+    """Every image file under `folder`, at any depth, outside hidden folders; sorted."""
+    return sorted(p for p in folder.rglob("*") if is_image(p)
+                  and not any(hidden(part) for part in p.relative_to(folder).parts))
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not hidden(p.name))
+
+
+def loose_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image(p))
 
 
 @dataclass(frozen=True)
@@ -59,7 +82,7 @@ def class_samples(folder: Path, names, classes: tuple[str, ...]) -> tuple[tuple[
     samples = []
     for name in names:
         label = classes.index(name)
-        files = sorted(p for p in (folder / name).rglob("*") if is_image(p))
+        files = images_below(folder / name)
         if not files and (folder / name).is_dir():
             raise invalid(f"{folder / name}: an empty class folder (no image files with "
                           f"the endings {', '.join(IMG_EXTENSIONS[:4])}, ...)")
@@ -76,11 +99,16 @@ def scan(root: str) -> Layout:
         raise invalid(f"{train}: no such folder; data.dataset=folder reads "
                       "train/<class>/<image> and val/<class>/<image> (or test/) under "
                       "data.root")
-    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
+    classes = tuple(class_folders(train))
     if classes:
         train_samples = class_samples(train, classes, classes)
+        loose = loose_images(train)
+        if loose:  # once per process: scan is cached
+            print(f"warning: {train}: {len(loose)} images lie directly in train/ beside its "
+                  f"class folders (e.g. {loose[0].name}) and are not used; move them into a "
+                  "class folder", file=sys.stderr)
     else:
-        train_samples = tuple((p, -1) for p in sorted(train.iterdir()) if is_image(p))
+        train_samples = tuple((p, -1) for p in loose_images(train))
         if not train_samples:
             raise invalid(f"{train}: no images and no class folders")
     test_samples = None
@@ -88,14 +116,17 @@ def scan(root: str) -> Layout:
         folder = root_path / name
         if not folder.is_dir():
             continue
-        found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        found = class_folders(folder)
         if classes:
             extra = [c for c in found if c not in classes]
             if extra:
                 raise invalid(f"{folder / extra[0]}: a class that {train} does not have")
+            if not found and loose_images(folder):
+                raise invalid(f"{folder}: its images lie directly in {name}/; a labeled "
+                              f"dataset needs {name}/<class>/<image>, as train/ has")
             test_samples = class_samples(folder, found, classes)
         else:
-            test_samples = tuple((p, -1) for p in sorted(folder.rglob("*")) if is_image(p))
+            test_samples = tuple((p, -1) for p in images_below(folder))
         if not test_samples:
             raise invalid(f"{folder}: no images")
         break
@@ -115,6 +146,60 @@ def checked_layout(root: str) -> Layout:
     return layout
 
 
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The image at `path` as 8-bit RGB, upright: the EXIF orientation a camera wrote is
+    applied (phone photos are stored rotated), 16-bit images are scaled to 8 bits rather than
+    clipped to white, and grey, RGBA, palette and CMYK become RGB. PIL's decompression-bomb
+    warning (an image over 89 Mpx) becomes one line of ours; the image is still used; libtiff's
+    own notes are silenced (c_stderr_silenced)."""
+    quiet = c_stderr_silenced() if path.suffix.lower() in (".tif", ".tiff") else \
+        contextlib.nullcontext()
+    with quiet, warnings.catch_warnings(record=True) as caught, Image.open(path) as image:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        image = ImageOps.exif_transpose(image)
+        if image.mode in SIXTEEN_BIT or (image.mode == "I" and image.getextrema()[1] < 2**16):
+            scaled = (np.asarray(image, dtype=np.uint32) + 128) // 257  # 65535 -> 255
+            image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        image = image.convert("RGB")
+    if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+        warn_once(path, f"warning: {path}: over PIL's decompression-bomb limit of "
+                        f"{Image.MAX_IMAGE_PIXELS:,} pixels; decoded anyway")
+    return image
+
+
+@contextlib.contextmanager
+def c_stderr_silenced():
+    """libtiff prints its notes on a damaged file ("Using code not yet in table.") straight
+    to file descriptor 2, past Python; while a TIFF decodes, that descriptor goes to /dev/null,
+    and the file's problem, if any, is our one warning line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+_WARNED: set[Path] = set()
+
+
+def warn_once(path: Path, line: str) -> None:
+    if path not in _WARNED:
+        _WARNED.add(path)
+        print(line, file=sys.stderr)
+
+
+@functools.lru_cache(maxsize=16)
+def bad_flags(root: str, train: bool, n: int):
+    return multiprocessing.Array("b", n)
+
+
 class FolderImages(Dataset):
     """One split of a folder dataset as (RGB PIL image through `transform`, label); a file
     that does not decode is skipped, once warned about, and counted (check_unreadable)."""
@@ -128,8 +213,9 @@ class FolderImages(Dataset):
         self.classes = list(layout.classes)
         self.targets = [label for _, label in self.samples]
         self.transform = transform
-        # one flag per image, shared with DataLoader workers: each bad file counts once
-        self.bad = multiprocessing.Array("b", len(self.samples))
+        # one flag per image, shared by every dataset of this split in the process and by
+        # DataLoader workers: each bad file is warned about and counted once
+        self.bad = bad_flags(str(root), train, len(self.samples))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -141,9 +227,8 @@ class FolderImages(Dataset):
                 continue
             path, label = self.samples[j]
             try:
-                with Image.open(path) as image:
-                    image = image.convert("RGB")  # grey, RGBA, palette, CMYK -> RGB
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                image = open_rgb(path)
+            except Exception as err:  # any failure to decode is this image's problem
                 self.skipped(j, err)
                 continue
             return (self.transform(image) if self.transform else image), label
@@ -209,5 +294,6 @@ def statistics(root: str) -> tuple[tuple[float, ...], tuple[float, ...], int]:
     dataset.check_unreadable()
     mean = pixels.mean(dim=(0, 2, 3))
     std = pixels.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    decoded = len(picks) - sum(dataset.bad[i] for i in picks)  # stand-ins are not counted
     return (tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std),
-            len(picks))
+            decoded)

@@ -14,6 +14,7 @@ that do not fit the model the file describes, is a CheckpointError of one line.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from mlit.files.checkpoint import CheckpointError
 from mlit.files.records import ExportMetadata
 from mlit.files.weights import check_encoder, check_finite, describe, load_weights
 from mlit.model.config import MLiTConfig
-from mlit.model.registry import CONFIGS, KINDS, module_for
+from mlit.model.registry import CLASSIFIER_KINDS, CONFIGS, KINDS, module_for
 
 # the fields that tell model sizes apart, in the order a description names them
 SHAPE_FIELDS = ("embed_dim", "depth", "hidden_first", "hidden_last", "expert_stages",
@@ -171,7 +172,29 @@ def read_safetensors(path: Path) -> ModelFile:
         raise CheckpointError(f"{path} is not a readable safetensors file "
                               f"({first_line(err)})") from None
     meta.setdefault("kind", infer_kind(state))
+    check_digest(path, meta.get("weights_sha256"), tensor_bytes(state))
     return from_export_metadata(path, meta, state, "export")
+
+
+def weights_digest(named_bytes) -> str:
+    """sha256 over (name, bytes) of every weight, in name order: what an export carries in
+    `weights_sha256` so that damaged weights are found when the file is read (neither
+    safetensors nor ONNX checks its tensors' bytes)."""
+    digest = hashlib.sha256()
+    for name, data in sorted(named_bytes):
+        digest.update(name.encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
+def tensor_bytes(state: dict[str, torch.Tensor]):
+    return [(k, v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            for k, v in state.items()]
+
+
+def check_digest(path: Path, expected: str | None, named_bytes) -> None:
+    if expected is not None and weights_digest(named_bytes) != expected:
+        raise CheckpointError(f"{path}: its weights do not match the weights_sha256 in its "
+                              "metadata: the file is damaged; export it again")
 
 
 def from_export_metadata(path: Path, meta: dict[str, str], state: dict, what: str
@@ -189,6 +212,13 @@ def from_export_metadata(path: Path, meta: dict[str, str], state: dict, what: st
         raise CheckpointError(f"{path}: metadata {records.where(err)}") from None
     config = config_from_fields(checked.config, path)
     name = guess_name(config) if checked.model_name == "custom" else checked.model_name
+    if checked.class_names is not None and checked.kind in CLASSIFIER_KINDS and \
+            len(checked.class_names) != config.num_classes:
+        raise CheckpointError(f"{path}: metadata class_names has {len(checked.class_names)} "
+                              f"names for a model of {config.num_classes} classes")
+    if checked.image_size is not None and checked.image_size != config.image_size:
+        raise CheckpointError(f"{path}: metadata image_size {checked.image_size} is not its "
+                              f"model_config's {config.image_size}")
     return ModelFile(path, checked.kind, name, config, state, checked.recipe,
                      checked.class_names,
                      checked.normalization.model_dump() if checked.normalization else None)
@@ -212,8 +242,14 @@ def export_metadata(mf: ModelFile, kind: str) -> dict[str, str]:
 def read(path: str | Path) -> ModelFile:
     """The model a .pt checkpoint or a .safetensors export holds, or CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a model file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.name.endswith(".onnx"):
+        raise CheckpointError(f"{path} is an ONNX export, for ONNX Runtime (python -m "
+                              f"mlit.eval {path} runs it); this reads .pt checkpoints and "
+                              ".safetensors exports")
     mf = read_safetensors(path) if path.suffix == ".safetensors" else read_checkpoint(path)
     if mf.kind not in KINDS:
         raise CheckpointError(f"{path}: unknown model kind {mf.kind!r}")
@@ -238,8 +274,8 @@ def write_safetensors(mf: ModelFile, out: Path, encoder_only: bool = False) -> P
         state, kind = mf.encoder_state(), "encoder"
         if not state:
             raise CheckpointError(f"{mf.path}: holds no encoder weights")
-    write_bytes_atomic(out, save({k: v.contiguous() for k, v in state.items()},
-                                 export_metadata(mf, kind)))
+    meta = {**export_metadata(mf, kind), "weights_sha256": weights_digest(tensor_bytes(state))}
+    write_bytes_atomic(out, save({k: v.contiguous() for k, v in state.items()}, meta))
     return out
 
 

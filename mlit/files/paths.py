@@ -12,6 +12,10 @@ from pathlib import Path
 
 from mlit.errors import BadInput
 
+# an atomic write goes through ".<name>.<8 random characters>.tmp" (mlit/files/atomic.py) and
+# an ONNX export through a folder ".<name>.<8 random characters>": 14 bytes over the name
+TEMPORARY_NAME_EXTRA = 14
+
 
 def name_limit(folder: Path) -> int:
     try:
@@ -27,7 +31,7 @@ def check_name_lengths(target: Path, flag: str) -> None:
                            "255 bytes")
 
 
-def writable_folder(folder: Path, flag: str, target: Path) -> None:
+def writable_folder(folder: Path, flag: str, target: Path, extra: int = 0) -> None:
     """Create `folder` (and its parents) and write a probe file in it, or BadInput."""
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
     if not existing.is_dir():
@@ -38,17 +42,24 @@ def writable_folder(folder: Path, flag: str, target: Path) -> None:
             pass
     except OSError as err:
         raise BadInput(f"{flag} {target}: cannot write there ({err.strerror})") from None
-    if len(target.name.encode()) > name_limit(folder):
-        raise BadInput(f"{flag} {target}: the file name is longer than this filesystem allows")
+    if len(target.name.encode()) + extra > name_limit(folder):
+        raise BadInput(f"{flag} {target}: the file name is longer than this filesystem allows"
+                       + (f" (with the {extra} bytes of its temporary name)" if extra else ""))
 
 
 def output_file(path: str | Path, flag: str) -> Path:
-    """A file a command will write: not a folder, in a folder it can write (created here)."""
+    """A file a command will write: not a folder, in a folder it can write (created here),
+    with a name its temporary name still fits beside."""
     path = Path(path)
     check_name_lengths(path, flag)
+    if len(path.name.encode()) + TEMPORARY_NAME_EXTRA > 255:
+        raise BadInput(f"{flag} {path}: the file name is {len(path.name.encode())} bytes; "
+                       f"it is written through a temporary name {TEMPORARY_NAME_EXTRA} bytes "
+                       f"longer, so it may have at most {255 - TEMPORARY_NAME_EXTRA}")
     if path.is_dir():
         raise BadInput(f"{flag} {path}: is a folder; name the file to write")
-    writable_folder(path.parent if str(path.parent) else Path("."), flag, path)
+    writable_folder(path.parent if str(path.parent) else Path("."), flag, path,
+                    TEMPORARY_NAME_EXTRA)
     return path
 
 

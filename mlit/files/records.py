@@ -7,7 +7,8 @@ CheckpointError) of one line that names the file, the line or field, and what is
 
 - EpochRecord: a line of metrics.jsonl (mlit.train) or of a zoo model's result.json;
 - ShapePoint: a line of a shape sweep's results (mlit.shape fit);
-- ExportMetadata: the metadata of an exported .safetensors file.
+- ExportMetadata: the metadata of an exported .safetensors or .onnx file;
+- DataStats: a folder dataset's data_stats.json (its classes and normalisation).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import (
     BaseModel,
@@ -91,9 +92,17 @@ def check_shape_points(records: list[dict], dim: str, path) -> None:
 
 
 class Normalization(BaseModel):
-    """The mean and std (per RGB channel) the model's inputs were normalised with."""
+    """The mean and std (per RGB channel) the model's inputs were normalised with, on pixels
+    scaled to [0, 1]."""
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @model_validator(mode="after")
+    def _in_range(self):
+        if not all(0 <= m <= 1 for m in self.mean) or not all(0 < s <= 1 for s in self.std):
+            raise ValueError(f"mean {list(self.mean)} and std {list(self.std)}: each must lie "
+                             "in [0, 1], std above 0")
+        return self
 
 
 class ExportMetadata(BaseModel):
@@ -106,6 +115,18 @@ class ExportMetadata(BaseModel):
     recipe: Optional[dict] = None
     class_names: Optional[list[str]] = None
     normalization: Optional[Normalization] = None
+    weights_sha256: Optional[str] = None  # the weights' digest, checked when read
+    quantized: Optional[Literal["int8"]] = None  # an ONNX file's quantisation
+    image_size: Optional[int] = None  # an ONNX file's input side, as a string
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _integer(cls, text):
+        if text is None or isinstance(text, int):
+            return text
+        if not str(text).isdigit():
+            raise ValueError(f"must be a positive integer (got {text!r})")
+        return int(text)
 
     @field_validator("class_names", "normalization", mode="before")
     @classmethod
@@ -136,3 +157,42 @@ class ExportMetadata(BaseModel):
         if name not in CONFIGS and name != "custom":
             raise ValueError(f"not a model mlit knows ({', '.join(CONFIGS)} or custom)")
         return name
+
+
+Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class DataStats(BaseModel):
+    """data_stats.json, which mlit.train writes into a run folder on a folder dataset: the
+    classes it trains (train/'s folder names, sorted) and the normalisation it uses."""
+    model_config = ConfigDict(extra="ignore", strict=True)
+    classes: list[str]
+    mean: tuple[Unit, Unit, Unit]
+    std: tuple[Unit, Unit, Unit]
+    source: str = "an earlier start"
+    train_images: int = Field(ge=0)
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std):
+        if min(std) <= 0:
+            raise ValueError(f"must be positive (got {list(std)})")
+        return std
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_names(cls, classes):
+        if len(set(classes)) != len(classes) or not all(classes):
+            raise ValueError("must be distinct, non-empty folder names")
+        return classes
+
+
+def read_data_stats(path: Path) -> dict:
+    """data_stats.json checked as DataStats, or DamagedFile saying how to recover."""
+    try:
+        return DataStats.model_validate_json(path.read_bytes()).model_dump()
+    except OSError as err:
+        raise DamagedFile(f"{path} cannot be read ({err.strerror})") from None
+    except ValidationError as err:
+        raise DamagedFile(f"{path}: {where(err)}; delete it to compute the statistics "
+                          "again") from None

@@ -121,7 +121,7 @@ def evaluate_file(path: str | Path, overrides: list[str] = (), out: str | Path |
     """Evaluate the model in `path` on its test split; write eval.json and the figures into
     `out` (default eval_<dataset>/ beside the file) and return what eval.json holds."""
     path = Path(path)
-    onnx = path.suffix == ".onnx"
+    onnx = path.name.endswith(".onnx")
     if onnx:
         from mlit.inference.onnx_runtime import evaluate_onnx, read_onnx
         mf = read_onnx(path)

@@ -4,11 +4,24 @@ share of tokens per expert of every MoE layer. matplotlib with the Agg backend, 
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import torch
 
 
+@contextlib.contextmanager
+def quiet_glyphs():
+    """Class names in scripts the default font lacks (CJK, emoji) draw as boxes; matplotlib's
+    warning for every missing glyph is noise on the command's output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*Glyph \d+ .*missing from")
+        warnings.filterwarnings("ignore", message=r".*missing from (current )?font")
+        yield
+
+
+@quiet_glyphs()
 def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -29,6 +42,7 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
     plt.close(fig)
 
 
+@quiet_glyphs()
 def plot_experts(path: Path, per_class: list[list[list[float]]], classes: list[str]) -> None:
     import matplotlib
     matplotlib.use("Agg")

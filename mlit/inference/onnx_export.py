@@ -18,9 +18,11 @@ against PyTorch's sparse path on random and real test images at each of BATCHES.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,9 +32,9 @@ import torch
 from torch import nn
 
 from mlit.errors import BadInput, Fault, first_line
-from mlit.files.modelfile import ModelFile, export_metadata
+from mlit.files.modelfile import ModelFile, export_metadata, weights_digest
 from mlit.files.weights import load_weights
-from mlit.inference.onnx_runtime import deploy_modules, evaluate_onnx, session
+from mlit.inference.onnx_runtime import deploy_modules, evaluate_onnx, initializer_bytes, session
 from mlit.model.encoder import MLiT, MLiTEncoder
 from mlit.model.moe import MoELayer
 from mlit.model.registry import CLASSIFIER_KINDS
@@ -124,12 +126,11 @@ def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool
     dense = Deployable(module_to_export(mf, encoder_only, "dense")).eval()
     size = mf.config.image_size
     outputs = ["tokens" if encoder_only else "logits", "experts"]
+    remove_orphans(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         write_graph(dense, size, tmp / "fp32.onnx", outputs)
-        model = onnx.load(str(tmp / "fp32.onnx"))
-        onnx.helper.set_model_props(model, metadata(mf, kind))
-        onnx.save(model, str(tmp / "fp32.onnx"))
+        stamp(tmp / "fp32.onnx", metadata(mf, kind))
         onnx.checker.check_model(str(tmp / "fp32.onnx"), full_check=True)
         reference = Deployable(module_to_export(mf, encoder_only, "torch")).eval()
         test_images = first_images(test_loader, max(BATCHES))
@@ -138,9 +139,7 @@ def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool
         final = tmp / "fp32.onnx"
         if int8:
             quantize(final, tmp / "int8.onnx")
-            model = onnx.load(str(tmp / "int8.onnx"))
-            onnx.helper.set_model_props(model, {**metadata(mf, kind), "quantized": "int8"})
-            onnx.save(model, str(tmp / "int8.onnx"))
+            stamp(tmp / "int8.onnx", {**metadata(mf, kind), "quantized": "int8"})
             final = tmp / "int8.onnx"
             if test_loader is not None and not encoder_only:
                 cfg = mf.config
@@ -159,6 +158,22 @@ def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool
         for path in tmp.glob("*"):
             path.unlink()
         tmp.rmdir()
+
+
+def stamp(path: Path, meta: dict[str, str]) -> None:
+    """Write the metadata into the ONNX file at `path`, with its weights' digest."""
+    onnx, _ = deploy_modules()
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**meta,
+                                        "weights_sha256": weights_digest(initializer_bytes(model))})
+    onnx.save(model, str(path))
+
+
+def remove_orphans(out: Path) -> None:
+    """The temporary folders of exports to `out` that a kill -9 left behind."""
+    for folder in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if folder.is_dir() and all(p.suffix == ".onnx" for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_graph(module: nn.Module, size: int, path: Path, outputs: list[str]) -> None:

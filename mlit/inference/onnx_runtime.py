@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mlit.errors import BadInput
 from mlit.files.checkpoint import CheckpointError
-from mlit.files.modelfile import ModelFile, from_export_metadata
+from mlit.files.modelfile import ModelFile, check_digest, from_export_metadata
 from mlit.inference.summary import PredictionSummary
 
 
@@ -56,11 +56,20 @@ def evaluate_onnx(path: Path, loader, num_classes: int, experts: list[int]) -> d
     return {"loss": loss / summary.images, **summary.result()}
 
 
+def initializer_bytes(model) -> list[tuple[str, bytes]]:
+    from onnx import numpy_helper
+
+    return [(t.name, numpy_helper.to_array(t).tobytes()) for t in model.graph.initializer]
+
+
 def read_onnx(path: Path) -> ModelFile:
     """An ONNX export's model description from its metadata, read as every export's is
-    (modelfile.from_export_metadata); CheckpointError of one line for a damaged or foreign
-    file."""
+    (modelfile.from_export_metadata), then held against the graph itself: its weights'
+    digest, its input and outputs. CheckpointError of one line for a damaged, foreign or
+    mislabelled file."""
     onnx, _ = deploy_modules()
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not an ONNX file")
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     try:
@@ -69,4 +78,39 @@ def read_onnx(path: Path) -> ModelFile:
         raise CheckpointError(f"{path} is not a readable ONNX file ({type(err).__name__})") \
             from None
     meta = {p.key: p.value for p in model.metadata_props}
-    return from_export_metadata(path, meta, {}, "ONNX export")
+    mf = from_export_metadata(path, meta, {}, "ONNX export")
+    check_digest(path, meta.get("weights_sha256"), initializer_bytes(model))
+    check_graph(path, model, mf)
+    return mf
+
+
+def dims(value) -> list:
+    """A graph input's or output's shape: ints, or the name of a dynamic axis."""
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in value.type.tensor_type.shape.dim]
+
+
+def check_graph(path: Path, model, mf: ModelFile) -> None:
+    """The graph takes and gives what an mLiT export of `mf.config` does: `images`
+    (B, 3, S, S), then `logits` (B, classes) or `tokens` (B, N, d), and `experts`
+    (B, MoE layers, N, k)."""
+    cfg = mf.config
+    tokens = cfg.num_patches + 1
+    first = "tokens" if mf.kind == "encoder" else "logits"
+    wanted = {"images": [None, cfg.in_channels, cfg.image_size, cfg.image_size],
+              first: [None, cfg.num_classes] if first == "logits" else
+              [None, tokens, cfg.embed_dim],
+              "experts": [None, cfg.depth,
+                          tokens, cfg.top_k]}
+    found = {v.name: dims(v) for v in [*model.graph.input, *model.graph.output]}
+    for name, shape in wanted.items():
+        if name not in found:
+            raise CheckpointError(f"{path}: the graph has no {name!r} "
+                                  f"{'input' if name == 'images' else 'output'} (it has "
+                                  f"{', '.join(found) or 'none'}): not an mLiT export")
+        got = found[name]
+        fixed = [g for g, w in zip(got, shape) if w is not None]
+        if len(got) != len(shape) or fixed != [w for w in shape if w is not None]:
+            raise CheckpointError(f"{path}: the graph's {name!r} is {got}, its metadata's "
+                                  f"model_config makes it {['B', *shape[1:]]}; the metadata "
+                                  "does not describe this graph")

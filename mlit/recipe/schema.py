@@ -14,17 +14,19 @@ mlit/training/resume.py's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 import yaml
 from pydantic import Field, field_validator, model_validator
+from pydantic import Strict as PydanticStrict
 
 from mlit.model.config import MLiTConfig
 from mlit.model.registry import model_config
 from mlit.recipe.reading import RecipeError, Strict, read_tree, validate
 
 STAGE_ORDER = ("pretrain", "simclr", "finetune", "supervised")
+Fraction = Annotated[float, PydanticStrict(), Field(ge=0)]  # a number, never a bool or a string
 
 
 def ordered_range(pair: tuple[float, float], low: float, high: float) -> tuple[float, float]:
@@ -109,9 +111,10 @@ class Data(Strict):
     # auto: the device pipeline (uint8 split on the GPU, batched augmentation) on CUDA, the
     # torchvision DataLoader elsewhere; torchvision suits datasets too large for GPU memory
     pipeline: Literal["auto", "torchvision", "device"] = "auto"
-    # normalisation; default: the dataset's own (a folder's: computed from its training split)
-    mean: Optional[tuple[float, float, float]] = None
-    std: Optional[tuple[float, float, float]] = None
+    # normalisation of pixels scaled to [0, 1], per RGB channel; default: the dataset's own
+    # (a folder's: computed from its training split). Numbers only: true or "0.5" is refused
+    mean: Optional[tuple[Fraction, Fraction, Fraction]] = None
+    std: Optional[tuple[Fraction, Fraction, Fraction]] = None
     # a folder dataset on the device pipeline is kept at stored_size x stored_size
     # (default: twice model.image_size), so crops keep detail
     stored_size: Optional[int] = Field(None, ge=8)
@@ -122,6 +125,13 @@ class Data(Strict):
             raise ValueError("data.mean and data.std: give both, or neither")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"data.std={list(self.std)}: must be positive")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and max(values) > 1:
+                scaled = ", ".join(f"{v / 255:.3f}" for v in values)
+                raise ValueError(f"data.{key}={list(values)}: on the 0-255 pixel scale; mlit "
+                                 f"normalises pixels scaled to [0, 1], so divide by 255: "
+                                 f"[{scaled}]")
         return self
 
 

@@ -15,7 +15,6 @@ to this recipe (mlit/training/resume.py).
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from mlit.data.errors import DatasetInvalid
 from mlit.data.folder import checked_layout
 from mlit.files import modelfile
 from mlit.files.atomic import remove_orphans, write_json, write_text_atomic
-from mlit.files.jsonl import DamagedFile
+from mlit.files.records import read_data_stats
 from mlit.recipe.reading import RecipeError, parse_yaml
 from mlit.recipe.schema import STAGE_ORDER, Recipe, Stage, build_recipe, recipe_to_yaml
 from mlit.training.resume import changed_fields
@@ -87,17 +86,21 @@ def pretrained_encoder(recipe: Recipe, out: Path, stage: Stage) -> dict:
 def settle_data(recipe: Recipe, out: Path) -> Recipe:
     """A folder dataset's classes and normalisation, fixed for the whole run: rank 0 reads
     them from data_stats.json (a resumed run) or works them out (dataset_info) and writes
-    it; every rank then uses rank 0's. A classifying stage on unlabeled images stops here."""
+    it; every rank then uses rank 0's. A run with checkpoints never trains on another class
+    mapping than theirs; a classifying stage on unlabeled images, or on one class, stops."""
     data = recipe.data
     if data.dataset != "folder":
         return recipe
 
     def stats() -> dict:
-        checked_layout(data.root)  # the layout, before anything is computed or written
+        layout = checked_layout(data.root)  # the layout, before anything is computed
         path = out / DATA_STATS
-        if data.mean is None and path.is_file():
-            found = read_json_object(path)
-            source = f"{path} ({found.get('source', 'an earlier start')})"
+        earlier = read_data_stats(path) if path.is_file() else None
+        if earlier is not None and any(out.glob("*/checkpoint.pt")):
+            check_same_classes(earlier["classes"], layout.classes, data.root, path)
+        if data.mean is None and earlier is not None and \
+                earlier["classes"] == list(layout.classes):
+            found, source = earlier, f"{path} ({earlier['source']})"
         else:
             info = dataset_info(data)
             found = {"classes": list(info.classes), "mean": list(info.mean),
@@ -105,7 +108,10 @@ def settle_data(recipe: Recipe, out: Path) -> Recipe:
                      "train_images": info.train_size}
             write_json(path, found)
             source = info.stats
-        print(f"data: {data.root}: {found['train_images']} training images, "
+        now = len(layout.train)
+        then = f" ({found['train_images']} when its statistics were computed)" \
+            if found["train_images"] != now else ""
+        print(f"data: {data.root}: {now} training images{then}, "
               f"{len(found['classes']) or 'no'} classes; normalisation {source}",
               file=sys.stderr)
         return found
@@ -116,17 +122,23 @@ def settle_data(recipe: Recipe, out: Path) -> Recipe:
         raise DatasetInvalid(f"{data.root}/train: images without class folders serve MAE or "
                              f"SimCLR pre-training only; the {classifier[0]} stage needs "
                              "train/<class>/<image>")
+    if classifier and len(found["classes"]) == 1:
+        raise DatasetInvalid(f"{data.root}/train: one class folder ({found['classes'][0]}); "
+                             f"the {classifier[0]} stage needs at least two classes (a "
+                             "one-class classifier is always right)")
     update = {"mean": tuple(found["mean"]), "std": tuple(found["std"])}
     return recipe.model_copy(update={"data": data.model_copy(update=update)})
 
 
-def read_json_object(path: Path) -> dict:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DamagedFile(f"{path} cannot be read back ({err}); delete it to compute the "
-                          "statistics again") from None
-    if not isinstance(found, dict) or not {"classes", "mean", "std"} <= set(found):
-        raise DamagedFile(f"{path}: not the statistics mlit.train writes; delete it to "
-                          "compute them again")
-    return found
+def check_same_classes(then: list[str], now: tuple[str, ...], root: str, stats: Path) -> None:
+    """The class folders of train/ are those the run's checkpoints were trained on."""
+    if list(now) == then:
+        return
+    added, removed = sorted(set(now) - set(then)), sorted(set(then) - set(now))
+    change = "; ".join(part for part in (
+        f"new: {', '.join(added)}" if added else "",
+        f"gone: {', '.join(removed)}" if removed else "") if part)
+    raise DatasetInvalid(f"{root}/train: its class folders changed since this run's "
+                         f"checkpoints ({change}; {stats} lists {len(then)}); training on "
+                         "would change what each label means: restore them, or start over "
+                         "with train.resume=false or another train.out")
