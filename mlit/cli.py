@@ -53,7 +53,8 @@ def run_command(prog: str, body) -> int:
                 raise  # a bug: its traceback is what a report needs
             status, line = known
             w = world()  # under torchrun: which rank says it
-            print(f"{prog}{f' [{w}]' if w.distributed else ''}: {line}", file=sys.stderr)
+            if line:  # empty: another process reports the cause (distributed.PeerStopped)
+                print(f"{prog}{f' [{w}]' if w.distributed else ''}: {line}", file=sys.stderr)
             return status
 
 

@@ -93,7 +93,12 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 class PeerStopped(BadInput):
-    """Rank 0 stopped on an error of its own (it prints it); the other ranks stop with it."""
+    """Rank 0 stopped on an error of its own; the other ranks stop with it, silently: rank 0
+    prints the cause, so one cause is one line, and no rank advises a resume that cannot
+    help."""
+
+    def line(self) -> str:
+        return ""
 
 
 class LostPeers(Fault):

@@ -189,3 +189,21 @@ def test_another_world_size_continues_the_same_global_order(recipe, tmp_path):
     a, b = weights(both), weights(switched)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_a_busy_folder_is_one_line_from_rank_0_alone(tmp_path):
+    from mlit.files.lock import FolderLock
+
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "busy"
+    with FolderLock(out):  # another job holds the folder
+        done = subprocess.run(torchrun(recipe, out), cwd=ROOT, env=env(),
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith(("mlit.train:",
+                                                                          "mlit.train ["))]
+    assert ours == [f"mlit.train [rank 0 of 2]: {out} is in use by process {os.getpid()} on "
+                    f"{os.uname().nodename}: wait for it to finish, or choose another "
+                    "train.out"], done.stderr[-2000:]
+    assert "lost the other processes" not in done.stderr

@@ -5,7 +5,6 @@ the folder and writes (docs/distributed.md).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -31,12 +30,16 @@ def run(recipe: Recipe) -> dict:
     """Every stage of the recipe in order; returns (and writes) the summary. Under torchrun
     every rank trains and rank 0 alone holds the folder and writes (docs/distributed.md)."""
     with distributed.collective_errors():
-        w = distributed.init(recipe.train.device)
+        distributed.init(recipe.train.device)
         out = output_dir(recipe)
-        lock = (FolderLock(out, advice="wait for it to finish, or choose another train.out")
-                if w.writer else contextlib.nullcontext())
-        with lock:
+        lock = FolderLock(out, advice="wait for it to finish, or choose another train.out")
+        # through on_rank0: a busy folder is rank 0's one line, and the other ranks stop
+        # with it instead of waiting for a peer that is gone
+        distributed.on_rank0(lock.acquire)
+        try:
             return run_in_folder(recipe, out)
+        finally:
+            lock.release()
 
 
 def run_in_folder(recipe: Recipe, out: Path) -> dict:
