@@ -147,3 +147,16 @@ def test_missing_truncated_and_foreign_files_are_one_line(quickstart, tmp_path, 
             assert command() == 2
             line = capsys.readouterr().err
             assert line.count("\n") == 1 and words in line and str(path) in line, line
+
+
+def test_class_names_the_font_lacks_draw_without_warnings(tmp_path, recwarn):
+    import warnings
+
+    from mlit.inference.figures import plot_confusion, plot_experts
+
+    warnings.simplefilter("always")
+    names = ["猫", "🐶", "bird"]
+    plot_confusion(tmp_path / "confusion.png", [[2, 0, 0], [0, 1, 1], [0, 0, 3]], names)
+    plot_experts(tmp_path / "experts.png", [[[0.5, 0.5], [0.2, 0.8], [1.0, 0.0]]], names)
+    assert (tmp_path / "confusion.png").stat().st_size and (tmp_path / "experts.png").exists()
+    assert not [w for w in recwarn if "missing from" in str(w.message)]
