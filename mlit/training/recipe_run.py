@@ -35,7 +35,7 @@ def run(recipe: Recipe) -> dict:
         lock = FolderLock(out, advice="wait for it to finish, or choose another train.out")
         # through on_rank0: a busy folder is rank 0's one line, and the other ranks stop
         # with it instead of waiting for a peer that is gone
-        distributed.on_rank0(lock.acquire)
+        distributed.on_rank0(lambda: lock.acquire() and None)  # nothing to broadcast
         try:
             return run_in_folder(recipe, out)
         finally:
