@@ -4,9 +4,9 @@ docs/commands.md: 0 done, 1 a fault, 2 bad input, 3 work left, 130/143 interrupt
 
 Every command's `main` hands its body to `run_command`, which prints the line of any
 `mlit.errors` error (its `line()`) and returns its status; an exception that is none of the
-project's is a bug and keeps its traceback. Output paths are checked before any work
-(`output_file`, `output_folder`), numeric flags by argparse types (`number`), and the zoo's and
-the shape sweep's launcher flags are declared once (`launcher_flags`).
+project's is a bug and keeps its traceback. Numeric flags are checked by argparse types
+(`number`), and the zoo's and the shape sweep's launcher flags are declared once
+(`launcher_flags`); output paths are checked by mlit/files/paths.py, before any work.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import signal
 import sys
 
+from mlit.distributed import world
 from mlit.errors import Interrupted, status_line
 
 
@@ -42,8 +43,6 @@ def signals_as_interrupts():
 def run_command(prog: str, body) -> int:
     """body() is the command's work and returns its exit status; what it raises on purpose
     becomes one line on stderr, `prog: ...`, and that error's status."""
-    from mlit.distributed import world
-
     with signals_as_interrupts():
         try:
             return body()

@@ -157,13 +157,15 @@ def open_rgb(path: Path) -> Image.Image:
     own notes are silenced (c_stderr_silenced)."""
     quiet = c_stderr_silenced() if path.suffix.lower() in (".tif", ".tiff") else \
         contextlib.nullcontext()
-    with quiet, warnings.catch_warnings(record=True) as caught, Image.open(path) as image:
-        warnings.simplefilter("always", Image.DecompressionBombWarning)
-        image = ImageOps.exif_transpose(image)
-        if image.mode in SIXTEEN_BIT or (image.mode == "I" and image.getextrema()[1] < 2**16):
-            scaled = (np.asarray(image, dtype=np.uint32) + 128) // 257  # 65535 -> 255
-            image = Image.fromarray(scaled.astype(np.uint8), mode="L")
-        image = image.convert("RGB")
+    with quiet, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)  # every file's
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in SIXTEEN_BIT or (image.mode == "I"  # 32-bit holding 16-bit data
+                                             and 255 < image.getextrema()[1] < 2**16):
+                pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+                image = Image.fromarray(((pixels + 128) // 257).astype(np.uint8), mode="L")
+            image = image.convert("RGB")
     if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
         warn_once(path, f"warning: {path}: over PIL's decompression-bomb limit of "
                         f"{Image.MAX_IMAGE_PIXELS:,} pixels; decoded anyway")
