@@ -13,7 +13,7 @@ from PIL import Image
 
 from mlit import eval as eval_cli
 from mlit import export as export_cli
-from mlit.data import folder
+from mlit.data import folder, images
 from mlit.data.folder import MAX_UNREADABLE
 from mlit.files.modelfile import read
 from mlit.train import main
@@ -225,13 +225,13 @@ def test_16_bit_exif_and_any_decoding_failure(tmp_path, capsys):
     sixteen = tmp_path / "deep.png"
     Image.fromarray(np.full((8, 8), 65535 // 2, dtype=np.uint16)).save(sixteen)
     assert Image.open(sixteen).mode.startswith("I")
-    assert np.asarray(folder.open_rgb(sixteen)).max() == 127  # scaled, not clipped to 255
+    assert np.asarray(images.open_rgb(sixteen)).max() == 127  # scaled, not clipped to 255
     rotated = tmp_path / "phone.jpg"
     image = Image.new("RGB", (20, 10), (200, 0, 0))
     exif = image.getexif()
     exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees to be upright
     image.save(rotated, exif=exif)
-    assert folder.open_rgb(rotated).size == (10, 20)
+    assert images.open_rgb(rotated).size == (10, 20)
     root = image_folder(tmp_path / "images")
     tiff = root / "train" / "cat" / "broken.tiff"
     tiff.write_bytes(b"II*\x00" + b"\x08\x00\x00\x00" + b"\x01\x00" + bytes(10) + b"\xff" * 40)
@@ -268,11 +268,11 @@ def test_library_noise_becomes_our_lines_or_nothing(tmp_path, capfd, monkeypatch
         data[i] ^= 0x5A
     lzw.write_bytes(bytes(data))
     with pytest.raises(OSError):
-        folder.open_rgb(lzw)
+        images.open_rgb(lzw)
     big = tmp_path / "big.png"
     Image.new("RGB", (12, 12)).save(big)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: over it, not twice
-    assert folder.open_rgb(big).size == (12, 12)
+    assert images.open_rgb(big).size == (12, 12)
     out, err = capfd.readouterr()
     assert "Using code not yet in table" not in out + err
     assert err.strip().splitlines() == [f"warning: {big}: over PIL's decompression-bomb limit "

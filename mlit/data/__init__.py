@@ -3,7 +3,7 @@ pipelines that feed a stage.
 
 - catalogue.py: what each dataset is (classes, statistics, size) and how its splits build;
 - datasets.py: torchvision's CIFAR, SVHN and Flowers102 with checks, scikit-learn's digits;
-- folder.py: your own images in ImageFolder layout;
+- folder.py: your own images in ImageFolder layout; images.py: decoding one of them;
 - errors.py: a dataset that cannot be used, in one line;
 - transforms.py: the torchvision pipeline's augmentation;
 - device.py: the device pipeline (uint8 split on the GPU, batched augmentation);

@@ -16,21 +16,17 @@ split fail, the run stops naming the count (docs/datasets.md).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import multiprocessing
-import os
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mlit.data.errors import DatasetInvalid, DatasetMissing
+from mlit.data.images import open_rgb
 from mlit.errors import first_line
 
 MAX_UNREADABLE = 10  # per split and process group: more means a damaged copy, not a stray file
@@ -144,57 +140,6 @@ def checked_layout(root: str) -> Layout:
     if layout.test is None:
         raise no_eval_split(root)
     return layout
-
-
-SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
-def open_rgb(path: Path) -> Image.Image:
-    """The image at `path` as 8-bit RGB, upright: the EXIF orientation a camera wrote is
-    applied (phone photos are stored rotated), 16-bit images are scaled to 8 bits rather than
-    clipped to white, and grey, RGBA, palette and CMYK become RGB. PIL's decompression-bomb
-    warning (an image over 89 Mpx) becomes one line of ours; the image is still used; libtiff's
-    own notes are silenced (c_stderr_silenced)."""
-    quiet = c_stderr_silenced() if path.suffix.lower() in (".tif", ".tiff") else \
-        contextlib.nullcontext()
-    with quiet, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", Image.DecompressionBombWarning)  # every file's
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in SIXTEEN_BIT or (image.mode == "I"  # 32-bit holding 16-bit data
-                                             and 255 < image.getextrema()[1] < 2**16):
-                pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-                image = Image.fromarray(((pixels + 128) // 257).astype(np.uint8), mode="L")
-            image = image.convert("RGB")
-    if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
-        warn_once(path, f"warning: {path}: over PIL's decompression-bomb limit of "
-                        f"{Image.MAX_IMAGE_PIXELS:,} pixels; decoded anyway")
-    return image
-
-
-@contextlib.contextmanager
-def c_stderr_silenced():
-    """libtiff prints its notes on a damaged file ("Using code not yet in table.") straight
-    to file descriptor 2, past Python; while a TIFF decodes, that descriptor goes to /dev/null,
-    and the file's problem, if any, is our one warning line."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-_WARNED: set[Path] = set()
-
-
-def warn_once(path: Path, line: str) -> None:
-    if path not in _WARNED:
-        _WARNED.add(path)
-        print(line, file=sys.stderr)
 
 
 @functools.lru_cache(maxsize=16)

@@ -126,7 +126,7 @@ def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool
     dense = Deployable(module_to_export(mf, encoder_only, "dense")).eval()
     size = mf.config.image_size
     outputs = ["tokens" if encoder_only else "logits", "experts"]
-    remove_orphans(out)
+    remove_leftover_folders(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         write_graph(dense, size, tmp / "fp32.onnx", outputs)
@@ -169,7 +169,7 @@ def stamp(path: Path, meta: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def remove_orphans(out: Path) -> None:
+def remove_leftover_folders(out: Path) -> None:
     """The temporary folders of exports to `out` that a kill -9 left behind."""
     for folder in out.parent.glob(f".{glob.escape(out.name)}.*"):
         if folder.is_dir() and all(p.suffix == ".onnx" for p in folder.iterdir()):
