@@ -17,6 +17,7 @@ import math
 import signal
 import sys
 
+from mlit import distributed
 from mlit.distributed import world
 from mlit.errors import Interrupted, status_line
 
@@ -51,10 +52,31 @@ def run_command(prog: str, body) -> int:
             if known is None:
                 raise  # a bug: its traceback is what a report needs
             status, line = known
-            w = world()  # under torchrun: which rank says it
-            if line:  # empty: another process reports the cause (distributed.PeerStopped)
-                print(f"{prog}{f' [{w}]' if w.distributed else ''}: {line}", file=sys.stderr)
+            say(prog, err, status, line)
             return status
+
+
+def say(prog: str, err: BaseException, status: int, line: str) -> None:
+    """The error's one line. In a run of several processes: a cause of this rank's own names
+    the rank and is announced to the others (distributed.announce); one that is the same on
+    every rank (rank_label "") is said by rank 0 alone; a rank that stopped because another
+    did (PeerStopped) says nothing; under `mlit.train --nproc-per-node` each rank reports to
+    the launcher instead, which prints the job's one line."""
+    w = world()
+    kind = ("peer" if isinstance(err, distributed.PeerStopped) else
+            "lost" if isinstance(err, distributed.LostPeers) else
+            "interrupt" if isinstance(err, Interrupted) else "cause")
+    label = getattr(err, "rank_label", None)
+    if label is None:
+        label = str(w) if w.distributed else ""
+    if w.distributed and kind in ("cause", "interrupt"):
+        distributed.announce(status, line)
+    if distributed.report_dir() is not None:
+        distributed.write_report(status, line or str(err), kind, label)
+        return
+    if not line or (w.distributed and label == "" and not w.writer):
+        return
+    print(f"{prog}{f' [{label}]' if label else ''}: {line}", file=sys.stderr)
 
 
 # -- numeric flags ----------------------------------------------------------------------------

@@ -1,25 +1,33 @@
 """One run on several GPUs or nodes (docs/distributed.md): torchrun's environment, the process
-group, and the one place a rank decides whether it writes files.
+group, the one place a rank decides whether it writes files, and how the ranks agree on what
+they report.
 
+    python -m mlit.train --nproc-per-node 8 recipes/mmlit_s.yaml     (mlit/training/launcher.py)
     torchrun --standalone --nproc_per_node=8 -m mlit.train recipes/mmlit_s.yaml
 
-torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; `init` joins the process group (NCCL on CUDA,
-gloo on the CPU). Without torchrun the world is one process and nothing here does anything.
-The recipe's batch_size stays the global batch: every rank takes batch_size / world of each
-global batch, drawn from one order per (seed, epoch) (mlit/data/loaders.py).
+torchrun (or the launcher) sets RANK, WORLD_SIZE and LOCAL_RANK; `init` joins the process
+group (gloo for CPU tensors, NCCL for CUDA ones). Without it the world is one process and
+nothing here does anything. The recipe's batch_size stays the global batch: every rank takes
+batch_size / world of each global batch, drawn from one order per (seed, epoch)
+(mlit/data/loaders.py). One cause is one line: checks of the input are `agreed` by every
+rank, rank 0's refusals reach the others through `on_rank0`, a rank that stops on purpose
+`announce`s it in the group's store, and under the launcher each rank reports its outcome to
+a file (`write_report`) for the launcher to print.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from mlit.errors import BadInput, Fault, ProjectError, first_line
+from mlit.errors import FAULT, Fault, ProjectError, first_line
 
 
 @dataclass(frozen=True)
@@ -48,21 +56,29 @@ def world() -> World:
     return _world
 
 
-def init(device: str = "auto") -> World:
-    """Join torchrun's process group once per process; World() when not under torchrun."""
+def init() -> World:
+    """Join torchrun's process group once per process; World() when not under torchrun.
+    Before the recipe is read, so that every rank can report its errors through the group
+    (`agreed`): gloo for CPU tensors and, where CUDA is, NCCL for CUDA tensors; each rank's
+    GPU is its LOCAL_RANK."""
     global _world
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1 or _world.distributed:
         return _world
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device != "cpu" and torch.cuda.is_available()
+    cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local)
     # a lost peer surfaces within minutes, not the default half hour
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=size,
-                            timeout=datetime.timedelta(minutes=5))
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", rank=rank,
+                            world_size=size, timeout=datetime.timedelta(minutes=5))
     _world = World(rank, size, local)
     return _world
+
+
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun (or `mlit.train --nproc-per-node`) started it."""
+    return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 
 def shutdown() -> None:
@@ -92,10 +108,25 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-class PeerStopped(BadInput):
-    """Rank 0 stopped on an error of its own; the other ranks stop with it, silently: rank 0
-    prints the cause, so one cause is one line, and no rank advises a resume that cannot
-    help."""
+def max_over_ranks(values: list[int]) -> list[int]:
+    """The element-wise maximum of a few integers over every rank, through gloo on the CPU
+    (no GPU synchronisation): how the ranks agree to stop or to checkpoint at a step."""
+    if not _world.distributed:
+        return list(values)
+    flags = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.tolist()
+
+
+# -- one cause, one line ----------------------------------------------------------------------
+class PeerStopped(ProjectError):
+    """Another rank stopped on an error of its own; this one stops with it, silently, with
+    that error's status: the other rank prints the cause, so one cause is one line, and no
+    rank advises a resume that cannot help."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
     def line(self) -> str:
         return ""
@@ -104,12 +135,52 @@ class PeerStopped(BadInput):
 class LostPeers(Fault):
     """A collective failed because another process of the run went away (exit 1)."""
 
+    rank_label = ""  # the run's condition, the same on every rank: rank 0 says it
+
+
+STOPPED_KEY = "mlit/stopped/"
+
+
+def announce(status: int, line: str) -> None:
+    """Tell the other ranks, through the process group's store, that this rank stops on
+    purpose, before its sockets close: their failing collective then becomes PeerStopped
+    instead of advice to resume. Best effort: without a store nothing is announced."""
+    store = _store()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.set(f"{STOPPED_KEY}{_world.rank}", json.dumps([status, line]))
+
+
+def stopped_peer() -> PeerStopped | None:
+    """The first other rank that announced its stop, as this rank's PeerStopped."""
+    store = _store()
+    for rank in range(_world.size):
+        key = f"{STOPPED_KEY}{rank}"
+        if rank == _world.rank or store is None:
+            continue
+        with contextlib.suppress(Exception):
+            if store.check([key]):
+                status, line = json.loads(store.get(key))
+                return PeerStopped(f"rank {rank} of {_world.size} stopped: {line}", status)
+    return None
+
+
+def _store():
+    # the default group's key-value store (torchrun's agent hosts it, so it outlives ranks)
+    if not (_world.distributed and dist.is_initialized()):
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
+
 
 @contextlib.contextmanager
 def collective_errors():
     """Inside a distributed run, turn the error a collective raises when a peer is gone
-    (torch.distributed's DistError, or gloo's and NCCL's RuntimeError) into LostPeers; a
-    single process's errors pass untouched, so a bug keeps its traceback."""
+    (torch.distributed's DistError, or gloo's and NCCL's RuntimeError) into PeerStopped when
+    that peer stopped on purpose, or LostPeers; a single process's errors pass untouched, so
+    a bug keeps its traceback."""
     try:
         yield
     except RuntimeError as err:
@@ -117,6 +188,9 @@ def collective_errors():
             k in str(err) for k in ("gloo", "NCCL", "Connection closed")))
         if isinstance(err, ProjectError) or not peer_gone:
             raise
+        stopped = stopped_peer()
+        if stopped is not None:
+            raise stopped from None
         raise LostPeers(f"lost the other processes of the run ({first_line(err)}); the last "
                         "checkpoint is kept: run the same command again to resume") from None
 
@@ -131,12 +205,72 @@ def on_rank0(fn):
         except Exception as err:
             error = err
     if _world.distributed:
-        result, message = broadcast_object((result, None if error is None else str(error)))
-        if message is not None and error is None:
-            raise PeerStopped(f"rank 0 stopped: {message}")
+        failed = None if error is None else (str(error), getattr(error, "status", FAULT))
+        result, failed = broadcast_object((result, failed))
+        if failed is not None and error is None:
+            raise PeerStopped(f"rank 0 stopped: {failed[0]}", failed[1])
     if error is not None:
+        if _world.distributed and isinstance(error, ProjectError):
+            error.rank_label = ""  # rank 0 speaks for the run (a busy folder, its recipe)
         raise error
     return result
+
+
+def agreed(fn):
+    """fn() on every rank (checks of the input, the same on each); if any rank's fn raised,
+    every rank stops: one rank per distinct error raises it, the others PeerStopped. An error
+    every rank raised alike is the run's and names no rank; one that differs names its rank.
+    fn must not itself use the process group."""
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as err:
+        if not isinstance(err, ProjectError) or not _world.distributed:
+            raise
+        error = err
+    if not _world.distributed:
+        return result
+    outcomes = [None] * _world.size
+    mine = None if error is None else (type(error).__name__, error.line(), error.status)
+    dist.all_gather_object(outcomes, mine)
+    failed = [(r, o) for r, o in enumerate(outcomes) if o is not None]
+    if not failed:
+        return result
+    firsts = {}
+    for rank, outcome in failed:
+        firsts.setdefault(outcome, rank)
+    if error is not None and firsts[mine] == _world.rank:
+        alike = len(failed) == _world.size and len(firsts) == 1
+        error.rank_label = "" if alike else str(_world)
+        raise error
+    rank, (_, line, status) = failed[0]
+    raise PeerStopped(f"rank {rank} of {_world.size} stopped: {line}", status)
+# -- what each rank tells `mlit.train --nproc-per-node` (mlit/training/launcher.py) ------------
+REPORT_ENV = "MLIT_REPORT_DIR"  # set by the launcher: ranks write their outcome there
+
+
+def report_dir() -> Path | None:
+    folder = os.environ.get(REPORT_ENV)
+    return Path(folder) if folder and torchrun_rank() is not None else None
+
+
+def write_report(status: int, line: str, kind: str, rank_label: str) -> None:
+    """This rank's outcome for the launcher, which prints the one line of the job: kind is
+    cause, peer (stopped with another rank), lost (a peer went away) or interrupt."""
+    folder = report_dir()
+    record = {"rank": torchrun_rank(), "status": status, "line": line, "kind": kind,
+              "rank_label": rank_label}
+    with contextlib.suppress(OSError):
+        (folder / f"rank{torchrun_rank()}.json").write_text(json.dumps(record))
+
+
+def read_reports(folder: Path) -> dict[int, dict]:
+    reports = {}
+    for path in folder.glob("rank*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_text())
+            reports[int(record["rank"])] = record
+    return reports
 
 
 def broadcast_object(obj):

@@ -26,6 +26,9 @@ class ProjectError(Exception):
     """An error raised on purpose: one line for the user and an exit status."""
 
     status = FAULT
+    # which process says it in a run of several: None names this rank; "" names none (the
+    # run's condition, the same on every rank); distributed.agreed sets it
+    rank_label: str | None = None
 
     def line(self) -> str:
         return str(self)
@@ -47,7 +50,11 @@ class Fault(ProjectError, RuntimeError):
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM (exit 128 + the signal). A runner that knows where it stopped fills
     `where` (e.g. 'in stage finetune at epoch 3 of 40') and `last_good` (the checkpoint a
-    rerun resumes from). A KeyboardInterrupt, so `except Exception` never swallows it."""
+    rerun resumes from). A KeyboardInterrupt, so `except Exception` never swallows it. The
+    ranks of a run stop together, at the step they agree on (mlit/training/preemption.py),
+    so rank 0 says it for all."""
+
+    rank_label = ""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)

@@ -78,7 +78,7 @@ def plot_runs(runs: dict[str, list[dict]], out: Path) -> list[Path]:
     if len(runs) == 1:
         runs = {"": next(iter(runs.values()))}
     out.mkdir(parents=True, exist_ok=True)
-    classifier = ("finetune", "supervised")
+    classifier = ("linprobe", "finetune", "supervised")
     every = PRETRAINING + classifier
     made = []
     for name, lines, title, ylabel, loglog in [

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
 from mlit.data.synthetic import write_cifar100  # noqa: F401 (the tests' generator)
 from mlit.recipe.schema import build_recipe
 
@@ -25,3 +33,46 @@ def one_line(capsys) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err.strip()
+
+
+# -- preemption (tests/test_preemption.py, tests/test_launcher.py) -----------------------------
+AUGMENT = {"crop_scale": [0.5, 1.0], "hflip": True, "rotation": 10, "random_erasing": 0.25}
+PREEMPT = {
+    "name": "preempt",
+    "model": {"name": "mlit_micro"},
+    "data": {"dataset": "digits", "num_workers": 0},
+    "pretrain": {"epochs": 2, "batch_size": 64, "base_lr": 1e-3, "warmup_epochs": 1,
+                 "augment": AUGMENT, "eval_every": 1},
+    "finetune": {"epochs": 2, "batch_size": 64, "base_lr": 1e-3, "warmup_epochs": 1,
+                 "augment": {**AUGMENT, "mixup": 0.8, "cutmix": 1.0}, "eval_every": 1},
+    "train": {"progress": False, "log_every": 4, "threads": 2},
+}
+STEPS = 1437 // 64  # digits' training split, per epoch
+
+
+def checkpoint(out: Path, kind: str) -> dict:
+    return torch.load(out / kind / "checkpoint.pt", weights_only=True)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bitwise the same weights in both stages; the same metrics but for the last bits of a
+    resumed epoch's running loss."""
+    for kind in ("pretrain", "finetune"):
+        x, y = checkpoint(a, kind), checkpoint(b, kind)
+        assert x["step"] == y["step"] == 2 * STEPS
+        for name, tensor in x["model"].items():
+            assert torch.equal(tensor, y["model"][name]), (kind, name)
+    for x, y in zip(*((o / "metrics.jsonl").read_text().splitlines() for o in (a, b)),
+                    strict=True):
+        x, y = json.loads(x), json.loads(y)
+        assert x.keys() == y.keys()
+        for k in x.keys() - {"time_s"}:
+            assert x[k] == pytest.approx(y[k], rel=1e-6), k
+
+
+def wait_for(predicate, proc: subprocess.Popen, what: str, limit: float = 300) -> None:
+    deadline = time.time() + limit
+    while not predicate():
+        assert proc.poll() is None, (what, proc.communicate())
+        assert time.time() < deadline, what
+        time.sleep(0.05)

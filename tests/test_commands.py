@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -353,12 +354,14 @@ def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
     lines = err.strip().splitlines()
     assert proc.returncode == status, err
     name = signal.Signals(signum).name
-    assert "Traceback" not in err and lines[-1].startswith(
-        f"mlit.train: interrupted by {name} in stage finetune at epoch ")
-    assert lines[-1].endswith("of 40; the last checkpoint is "
-                              f"{out / 'finetune' / 'checkpoint.pt'} (epoch "
-                              f"{lines[-1].split('(epoch ')[1].split(')')[0]}); run the same "
-                              "command again to resume")
+    # after the step in flight, with a checkpoint of that step (tests/test_preemption.py)
+    where = re.fullmatch(
+        rf"mlit.train: interrupted by {name} in stage finetune at step (\d+) of 880 \(epoch "
+        rf"(\d+) of 40\); the last checkpoint is {re.escape(str(out))}/finetune/checkpoint.pt "
+        r"\(step (\d+), \d+ into epoch (\d+)\); run the same command again to resume",
+        lines[-1])
+    assert "Traceback" not in err and where, err
+    assert where[1] == where[3] and where[2] == where[4]
     if signum == signal.SIGTERM:
         return  # the resume is the same for both; once is enough for the suite's time
     resumed = start_training(out)
@@ -386,6 +389,6 @@ def test_interrupted_zoo_runs_say_which_model_and_resume(tmp_path, monkeypatch, 
     assert code == 130 and len(lines) == 1, lines
     assert lines[0].startswith("mlit.zoo: interrupted by SIGINT while training pretraining/")
     assert lines[0].endswith("finished models are kept and this one resumes from its last "
-                             "epoch: run the same command again")
+                             "checkpoint: run the same command again")
     states = json.loads(next((tmp_path / "z").glob("pretraining/*/status.json")).read_text())
     assert states["state"] == "interrupted"

@@ -123,7 +123,7 @@ def test_a_killed_rank_then_the_same_command_ends_as_an_unbroken_run(recipe, tmp
     assert proc.returncode != 0
     assert "rank      : 1 (local_rank: 1)" in err and "(SIGKILL)" in err  # torchrun's report
     # the survivor, when it gets the chance before torchrun stops it, says one line
-    survivor = [line for line in err.splitlines() if line.startswith("mlit.train [rank 0")]
+    survivor = [line for line in err.splitlines() if line.startswith("mlit.train:")]
     assert len(survivor) <= 1 and all("run the same command again" in s for s in survivor)
     run(torchrun(recipe, broken, *args))
     a, b = weights(straight), weights(broken)
@@ -203,7 +203,7 @@ def test_a_busy_folder_is_one_line_from_rank_0_alone(tmp_path):
     assert done.returncode != 0
     ours = [line for line in done.stderr.splitlines() if line.startswith(("mlit.train:",
                                                                           "mlit.train ["))]
-    assert ours == [f"mlit.train [rank 0 of 2]: {out} is in use by process {os.getpid()} on "
+    assert ours == [f"mlit.train: {out} is in use by process {os.getpid()} on "
                     f"{os.uname().nodename}: wait for it to finish, or choose another "
                     "train.out"], done.stderr[-2000:]
     assert "lost the other processes" not in done.stderr

@@ -5,6 +5,9 @@ travel with the checkpoint and the export, and a bad layout or damaged files are
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +280,25 @@ def test_library_noise_becomes_our_lines_or_nothing(tmp_path, capfd, monkeypatch
     assert "Using code not yet in table" not in out + err
     assert err.strip().splitlines() == [f"warning: {big}: over PIL's decompression-bomb limit "
                                         "of 100 pixels; decoded anyway"]
+
+
+def test_under_torchrun_the_rank_whose_images_fail_says_so_and_no_other(tmp_path):
+    """Rank 1's shard of the evaluation split holds the undecodable files: rank 1 names them
+    and announces its stop; rank 0, whose collective then fails, stops silently instead of
+    advising a resume that cannot help."""
+    root = image_folder(tmp_path / "images", n_val=8)  # 24 good images: rank 0's shard
+    for i in range(12):  # sorted last: in rank 1's half of the 36
+        (root / "val" / "emu" / f"zz_bad{i:02d}.jpg").write_bytes(b"\xff\xd8\xff\x00")
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m", "mlit.train", "recipes/quickstart.yaml",
+                           *FAST, f"data.root={root}", f"train.out={tmp_path / 'run'}",
+                           "pretrain.eval_every=1", "train.threads=1"],
+                          cwd=Path(__file__).parents[1], env=env, capture_output=True,
+                          text=True, timeout=300)
+    ours = [line for line in done.stderr.splitlines()
+            if line.startswith(("mlit.train:", "mlit.train ["))]
+    assert ours == [f"mlit.train [rank 1 of 2]: {root}: 12 images of the evaluation split "
+                    "cannot be decoded (more than 10); the warnings above name them: replace "
+                    "or remove them"], done.stderr[-3000:]

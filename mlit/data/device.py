@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from mlit.data.errors import DatasetInvalid
+from mlit.data.seeds import derived_seed
 from mlit.data.transforms import POLICIES, color_jitter
 from mlit.distributed import World
 from mlit.recipe.schema import Augment
@@ -210,8 +211,11 @@ class DeviceLoader:
     """Batches of (normalised images, labels) from device-resident uint8 data: one
     (N, C, H, W) tensor, or a list of (C, H_i, W_i) images of different sizes.
 
-    Same interface as the DataLoader the runner uses: len(), iteration, and a `generator`
-    that the runner reseeds every epoch (order and augmentation follow from it)."""
+    The runner's interface (mlit/data/loaders.py): len() and `epoch(seed, start)`. The order
+    comes from the epoch's seed, and every batch's augmentation from its own generator, keyed
+    by (epoch seed, batch, rank), so an epoch can start at any batch with the draws an unbroken
+    epoch has there. Iterating the loader itself gives an epoch from `generator`'s state (a
+    fixed one for an evaluation loader: the same views at every evaluation)."""
 
     def __init__(self, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor,
                  batch_size: int,
@@ -226,7 +230,7 @@ class DeviceLoader:
         device = labels.device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
-        self.generator = torch.Generator(device=device)  # order (and, alone, augmentation)
+        self.generator = torch.Generator(device=device)  # the epoch's order and batch keys
         self.aug_generator = self.generator
 
     def __len__(self) -> int:
@@ -256,14 +260,24 @@ class DeviceLoader:
             x = random_erasing(x, aug.random_erasing, self.aug_generator)
         return x
 
+    def epoch(self, seed: int, start: int = 0):
+        self.generator.manual_seed(seed)
+        return self.batches(start)
+
     def __iter__(self):
+        if not self.shuffle:
+            self.generator.manual_seed(0)
+        return self.batches(0)
+
+    def batches(self, start: int):
         n, device, w = len(self.images), self.labels.device, self.world
         order = (torch.randperm(n, generator=self.generator, device=device)
                  if self.shuffle else torch.arange(n, device=device))
-        if w.distributed:  # one order for every rank; augmentation of each rank its own
-            seed = int(torch.randint(2**62, (1,), generator=self.generator, device=device))
-            self.aug_generator = torch.Generator(device=device).manual_seed(seed + w.rank)
-        for b in range(len(self)):
+        key = int(torch.randint(2**62, (1,), generator=self.generator, device=device))
+        for b in range(start, len(self)):
+            # one order for every rank; each rank's augmentation of each batch its own
+            self.aug_generator = torch.Generator(device=device).manual_seed(
+                derived_seed(key, b, w.rank))
             idx = order[b * self.batch_size:(b + 1) * self.batch_size][w.rank::w.size]
             if isinstance(self.images, list):
                 batch = [self.images[i] for i in idx.tolist()]

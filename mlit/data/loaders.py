@@ -1,19 +1,24 @@
-"""Loaders for the runner. Two pipelines with one interface (len, iteration, a `generator`
-reseeded every epoch, so a resumed run sees exactly the batches of an uninterrupted one):
+"""Loaders for the runner. Two pipelines with one interface: len() and `epoch(seed, start)`,
+the batches of one epoch from batch `start` on, a function of (seed, batch) alone, so that a
+run resumed mid-epoch sees exactly the batches an unbroken one would (docs/training.md):
 
-- torchvision: a DataLoader over PIL images with torchvision.transforms.v2 in workers;
-- device: the split as uint8 on the training device, augmented in batches (data/device.py).
+- torchvision: a DataLoader over PIL images with torchvision.transforms.v2 in workers; each
+  image's augmentation draws from its own seed, keyed by (epoch seed, image), so they do not
+  depend on which worker, how many workers or which rank transforms it (`KeyedDraws`);
+- device: the split as uint8 on the training device, augmented in batches (data/device.py),
+  each batch's draws keyed by (epoch seed, batch, rank).
 
 `data.pipeline: auto` picks device on CUDA and torchvision elsewhere.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
-import random
+import multiprocessing
+import signal
 import sys
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 from torchvision.transforms import v2
@@ -21,45 +26,103 @@ from torchvision.transforms import v2
 from mlit.data.catalogue import build_dataset, dataset_info
 from mlit.data.device import DeviceLoader, dataset_to_ragged, dataset_to_uint8, decode, has_arrays
 from mlit.data.folder import CheckedLoader, scan
+from mlit.data.seeds import derived_seed
 from mlit.data.transforms import TwoViews, eval_transform, train_transform
 from mlit.distributed import World, world
 from mlit.recipe.reading import RecipeError
 from mlit.recipe.schema import Augment, Data
 
 
-class GlobalOrderSampler(Sampler[int]):
-    """One order of the training split per epoch (from `generator`, which the runner reseeds
-    from (seed, epoch)), the same on every rank; of each global batch of `global_batch`
-    images, rank r takes every world-th from the r-th (docs/distributed.md). With one
-    process it is a plain shuffle that drops the last partial batch."""
+class GlobalOrderSampler(Sampler[tuple[int, int]]):
+    """One order of the training split per epoch (from the epoch's seed), the same on every
+    rank; of each global batch of `global_batch` images, rank r takes every world-th from the
+    r-th (docs/distributed.md). With one process it is a plain shuffle that drops the last
+    partial batch. Yields (image, its augmentation seed) from global batch `start` on."""
 
-    def __init__(self, n: int, global_batch: int, world: World, generator: torch.Generator):
-        self.n, self.global_batch, self.world, self.generator = n, global_batch, world, generator
+    def __init__(self, n: int, global_batch: int, world: World):
+        self.n, self.global_batch, self.world = n, global_batch, world
+        self.seed, self.start = 0, 0
+
+    def set_epoch(self, seed: int, start: int = 0) -> None:
+        self.seed, self.start = seed, start
 
     def __len__(self) -> int:
-        return self.n // self.global_batch * self.global_batch // self.world.size
+        return (self.n // self.global_batch - self.start) * self.global_batch // self.world.size
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.generator)
-        usable = order[: self.n // self.global_batch * self.global_batch]
-        yield from usable[self.world.rank::self.world.size].tolist()
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
+        usable = order[self.start * self.global_batch: self.n // self.global_batch
+                       * self.global_batch]
+        for i in usable[self.world.rank::self.world.size].tolist():
+            yield i, derived_seed(self.seed, i)
 
 
-def rank_worker_seed(worker_id: int) -> None:
-    """DataLoader workers of different ranks draw different augmentations."""
-    seed = (torch.initial_seed() + 1_000_003 * world().rank) % 2**63
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+class KeyedDraws(torch.utils.data.Dataset):
+    """A dataset indexed by (image, seed): the image's transform draws from that seed alone,
+    in a worker or in the main process (whose own generator it leaves untouched)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # the CPU's, which transforms draw from
+            return self.dataset[index]
+
+
+class EpochLoader:
+    """The torchvision pipeline's training batches: `epoch(seed, start)` as DeviceLoader's.
+    A folder dataset's batches stop, in the main process, once too many files failed to
+    decode (FolderImages.check_unreadable)."""
+
+    def __init__(self, loader: DataLoader, sampler: GlobalOrderSampler, folder=None):
+        self.loader, self.sampler, self.folder = loader, sampler, folder
+        self.batches = len(loader)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def epoch(self, seed: int, start: int = 0):
+        self.sampler.set_epoch(seed, start)
+        self.loader.generator.manual_seed(seed)  # worker seeds: nothing random is left there
+        batches = iter(self.loader)
+        try:
+            for batch in batches:
+                if self.folder is not None:
+                    self.folder.check_unreadable()
+                yield batch
+            if self.folder is not None:
+                self.folder.check_unreadable()
+        finally:  # stopped mid-epoch (a signal, an error): the workers go now, not at exit
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+
+def quiet_worker(worker_id: int) -> None:
+    """A DataLoader worker leaves SIGINT and SIGTERM to its main process, which finishes the
+    step, writes its checkpoint and shuts the workers down (a Ctrl-C reaches the whole
+    process group; a scheduler may signal every process of a job)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@atexit.register
+def _kill_leftover_workers() -> None:
+    # multiprocessing ends daemonic children at exit with SIGTERM, which quiet_worker's
+    # ignore; a loader left mid-iteration by an error would keep its workers: kill them
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
 
 
 def shard(n: int, w: World) -> range:
     """This rank's contiguous part of an evaluation split: unpadded, every image once."""
     return range(w.rank * n // w.size, (w.rank + 1) * n // w.size)
-
-
-def epoch_seed(seed: int, stage: str, epoch: int) -> int:
-    return (seed * 1_000_003 + sum(map(ord, stage)) * 10_007 + epoch) % (2**63)
 
 
 def use_device_pipeline(data: Data, device: torch.device, image_size: int = 0) -> bool:
@@ -132,15 +195,13 @@ def train_loader(data: Data, aug: Augment, image_size: int, batch_size: int,
         transform = train_transform(aug, image_size, info.mean, info.std)
         dataset = build_dataset(data.dataset, data.root, True,
                                 TwoViews(transform) if two_views else transform, data.download)
-        generator = torch.Generator()
-        loader = DataLoader(dataset, batch_size=batch_size // w.size, drop_last=True,
-                            sampler=GlobalOrderSampler(len(dataset), batch_size, w, generator),
-                            num_workers=data.num_workers, pin_memory=device.type == "cuda",
-                            generator=generator,
-                            worker_init_fn=rank_worker_seed if w.distributed else None)
+        sampler = GlobalOrderSampler(len(dataset), batch_size, w)
+        batches = DataLoader(KeyedDraws(dataset), batch_size=batch_size // w.size,
+                             drop_last=True, sampler=sampler, num_workers=data.num_workers,
+                             pin_memory=device.type == "cuda", generator=torch.Generator(),
+                             worker_init_fn=quiet_worker)
         n = len(dataset)
-        if data.dataset == "folder":
-            loader = CheckedLoader(loader, dataset)
+        loader = EpochLoader(batches, sampler, dataset if data.dataset == "folder" else None)
     if n < batch_size:
         raise RecipeError(f"batch_size={batch_size} exceeds the {n} training images "
                           f"of {data.dataset}")
@@ -169,5 +230,6 @@ def eval_loader(data: Data, image_size: int, batch_size: int, device: torch.devi
     if w.distributed:
         dataset = Subset(dataset, shard(len(dataset), w))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        num_workers=data.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=data.num_workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=quiet_worker)
     return CheckedLoader(loader, whole) if data.dataset == "folder" else loader

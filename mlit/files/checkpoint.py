@@ -1,7 +1,8 @@
 """Run checkpoints: written atomically (serialised in memory, then a synced temporary file and
 a rename), so a run killed mid-write keeps the previous checkpoint intact; read back with
-`torch.load(weights_only=True)`, so opening a file runs no code from it; RNG state for exact
-resume. What a checkpoint holds is described in docs/architecture.md ("Files").
+`torch.load(weights_only=True)`, so opening a file runs no code from it. Exact resume needs no
+random state: every draw is keyed by where it is made (mlit/data/seeds.py). What a checkpoint
+holds is described in docs/architecture.md ("Files").
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 from mlit.errors import BadInput, first_line
 from mlit.files.atomic import write_bytes_atomic
 
-# numpy's legacy RNG state as older checkpoints stored it (an ndarray of uint32 keys); new
-# checkpoints store plain lists, which weights_only loading accepts without this list
+# numpy's legacy RNG state as older checkpoints stored it (an ndarray of uint32 keys), so that
+# they still load; checkpoints no longer hold random states
 _NUMPY_GLOBALS = [np.ndarray, np.dtype, np._core.multiarray._reconstruct,
                   type(np.dtype(np.uint32))]
 
@@ -67,26 +68,12 @@ def load(path: str | Path, map_location="cpu") -> dict:
     return obj
 
 
-def rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    state = {"torch": torch.get_rng_state(),
-             "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's generators (CPU, and CUDA once it is in use) from one
+    seed. Cheap enough for every step: torch.manual_seed would also queue a seeding of CUDA
+    with a captured stack trace (a millisecond) where CUDA is not initialised."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)

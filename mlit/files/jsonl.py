@@ -65,3 +65,15 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         warn_partial(path)
         text = text[: text.rfind("\n") + 1]
     write_text_atomic(path, text + json.dumps(record) + "\n")
+
+
+def drop_epochs_after(path: Path, stage: str, after: int) -> None:
+    """Drop a metrics file's lines of `stage` for epochs after `after`, written by a run
+    killed before its next checkpoint; the file is rewritten whole, which also drops a
+    partial last line."""
+    if not path.exists():
+        return
+    keep = [r for r in read_jsonl(path)
+            if not (r.get("stage") == stage and r.get("epoch", 0) > after)]
+    if jsonl_text(keep) != path.read_text(errors="replace"):
+        write_jsonl(path, keep)

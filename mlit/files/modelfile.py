@@ -142,6 +142,8 @@ def infer_kind(state: dict) -> str:
         return "pretrain"
     if any(k.startswith("projector.") for k in state):
         return "simclr"
+    if any(k.startswith("head.1.") for k in state) and "head.0.running_mean" in state:
+        return "linprobe"
     if any(k.startswith("head.") for k in state):
         return "finetune"
     return "encoder"

@@ -8,12 +8,14 @@ from torch import nn
 from mlit.model.config import MLiTConfig
 from mlit.model.encoder import MLiT, MLiTEncoder
 from mlit.model.mae import MaskedAutoEncoder
+from mlit.model.probe import LinearProbe
 from mlit.model.simclr import SimCLR
 
-# what each kind of file or stage holds: pretrain (the MAE), simclr, finetune or supervised
-# (the classifier), encoder (an encoder-only export)
-KINDS = ("pretrain", "simclr", "finetune", "supervised", "encoder")
-CLASSIFIER_KINDS = ("finetune", "supervised")
+# what each kind of file or stage holds: pretrain (the MAE), simclr, linprobe (a frozen encoder
+# and its linear probe), finetune or supervised (the classifier), encoder (an encoder-only
+# export)
+KINDS = ("pretrain", "simclr", "linprobe", "finetune", "supervised", "encoder")
+CLASSIFIER_KINDS = ("linprobe", "finetune", "supervised")
 
 # Only what differs from MLiTConfig's defaults (which are mLiT-S with the 0.34M decoder).
 CONFIGS: dict[str, dict] = {
@@ -58,4 +60,6 @@ def module_for(kind: str, cfg: MLiTConfig) -> nn.Module:
         return SimCLR(cfg)
     if kind == "encoder":
         return MLiTEncoder(cfg)
+    if kind == "linprobe":
+        return LinearProbe(cfg)
     return MLiT(cfg)

@@ -1,5 +1,5 @@
 """Train a population's runs (a zoo's, a shape sweep's) through the runner's own StageRun:
-what is complete is skipped, what was interrupted resumes from its last epoch, and each run's
+what is complete is skipped, what was interrupted resumes from its last checkpoint, and each run's
 files follow the population layout (mlit/population/layout.py).
 
 A model folder is trained by one process at a time (mlit/files/lock.py): a runner that finds a
@@ -105,7 +105,7 @@ def run_local(zoo_dir: str | Path, runs: list[PlannedRun]) -> dict[str, list[str
             except Interrupted as err:
                 err.where = f"while training {run.path} (model {i + 1} of {len(runs)})"
                 err.resume = ("finished models are kept and this one resumes from its last "
-                              "epoch: run the same command again")
+                              "checkpoint: run the same command again")
                 raise
             if before == "done":
                 state = "skipped"

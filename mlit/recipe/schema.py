@@ -25,7 +25,7 @@ from mlit.model.config import MLiTConfig
 from mlit.model.registry import model_config
 from mlit.recipe.reading import RecipeError, Strict, read_tree, validate
 
-STAGE_ORDER = ("pretrain", "simclr", "finetune", "supervised")
+STAGE_ORDER = ("pretrain", "simclr", "linprobe", "finetune", "supervised")
 Fraction = Annotated[float, PydanticStrict(), Field(ge=0)]  # a number, never a bool or a string
 
 
@@ -60,7 +60,7 @@ class Stage(Strict):
     """One training stage. lr = base_lr * batch_size / 256 (paper Eq. 17)."""
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"  # lars: timm's, for linprobe
     base_lr: float = Field(gt=0)
     weight_decay: float = Field(0.05, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -72,11 +72,16 @@ class Stage(Strict):
     clip_grad: Optional[float] = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: Augment = Augment()
-    init: Optional[str] = None  # finetune: checkpoint whose encoder starts the stage
+    # finetune, linprobe: the checkpoint or encoder export whose encoder starts the stage;
+    # linprobe also takes "random", the encoder as initialised (the probe's baseline)
+    init: Optional[str] = None
     head: Optional[Literal["linear", "mlp"]] = None  # overrides model.head for this stage
     head_seed: Optional[int] = None  # own generator for the head's initial weights
     eval_every: int = Field(1, ge=1)  # epochs
     checkpoint_every: int = Field(10, ge=1)  # epochs; the last epoch is always written
+    # pretrain, simclr: a weighted k-NN top-1 of the frozen encoder's features every this
+    # many epochs and at the last (docs/training.md, "Monitoring pre-training"); 0: none
+    knn_every: int = Field(0, ge=0)
     # model-zoo bookkeeping (docs/zoo.md): evaluate the untrained model as epoch 0, measure train
     # accuracy in eval mode without augmentation, keep checkpoint_0000XY/ for every epoch
     eval_at_start: bool = False
@@ -146,6 +151,9 @@ class Train(Strict):
     log_every: int = Field(50, ge=1)  # steps between TensorBoard scalars
     progress: bool = True
     stop_after_epochs: Optional[int] = Field(None, ge=1)  # this invocation only; rerun resumes
+    # a recovery checkpoint once this many minutes passed since the last checkpoint, at a
+    # step's end, so a run killed outright loses at most that much; 0: none
+    checkpoint_minutes: float = Field(30.0, ge=0, allow_inf_nan=False)
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads
     compile: bool = False  # torch.compile the training step's model (Triton MoE included)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
@@ -174,19 +182,30 @@ class Recipe(Strict):
     train: Train = Train()
     pretrain: Optional[Stage] = None
     simclr: Optional[Stage] = None
+    linprobe: Optional[Stage] = None
     finetune: Optional[Stage] = None
     supervised: Optional[Stage] = None
 
     @model_validator(mode="after")
     def _stages_fit(self):
         if not any(getattr(self, s) for s in STAGE_ORDER):
-            raise ValueError("a recipe needs at least one of pretrain, simclr, finetune, supervised")
+            raise ValueError("a recipe needs at least one of pretrain, simclr, linprobe, "
+                             "finetune, supervised")
         if self.finetune and self.supervised:
             raise ValueError("finetune and supervised exclude each other: pick one")
         if self.pretrain and self.simclr:
             raise ValueError("pretrain and simclr exclude each other: pick one pre-training")
-        if self.finetune and not (self.pretraining_stage() or self.finetune.init):
-            raise ValueError("finetune needs a pretrain stage or finetune.init=<checkpoint>")
+        for kind in ("finetune", "linprobe"):
+            stage = getattr(self, kind)
+            if stage and not (self.pretraining_stage() or stage.init):
+                raise ValueError(f"{kind} needs a pretrain stage or {kind}.init=<checkpoint>")
+        if self.linprobe and self.supervised:
+            raise ValueError("linprobe probes a pre-trained encoder; supervised has none")
+        if self.linprobe and self.linprobe.optimizer == "lars":
+            import importlib.util
+            if importlib.util.find_spec("timm") is None:
+                raise ValueError("linprobe.optimizer=lars is timm's LARS: install timm "
+                                 "(pip install timm), or use sgd")
         for kind in ("pretrain", "simclr"):
             if getattr(self, kind) and getattr(self, kind).layer_decay != 1.0:
                 raise ValueError(f"{kind}.layer_decay applies to classifiers only; leave it 1.0")

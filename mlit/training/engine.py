@@ -92,6 +92,22 @@ class StepTracker:
         if self.first_bad_step is not None and (step := int(self.first_bad_step)) >= 0:
             raise NonFiniteLoss(step)
 
+    def progress(self) -> dict:
+        """What a checkpoint inside an epoch keeps of it: each part's sum over every rank's
+        steps (on the CPU) and the count of steps."""
+        names = list(self.sums)
+        sums = torch.stack([self.sums[k] for k in names]) if names else torch.zeros(0)
+        return {"names": names, "sums": sum_over_ranks(sums).cpu(), "count": self.count}
+
+    @classmethod
+    def resumed(cls, progress: dict, device: torch.device) -> StepTracker:
+        """The tracker of an epoch resumed mid-way: rank 0 carries the sums so far (means()
+        adds every rank's), the others start from zero."""
+        tracker = cls(count=progress["count"])
+        for name, total in zip(progress["names"], progress["sums"]):
+            tracker.sums[name] = (total if world().writer else torch.zeros_like(total)).to(device)
+        return tracker
+
     def means(self) -> dict[str, float]:
         """Each part's mean over the epoch's steps; under torchrun, over every rank's."""
         if not self.sums:
@@ -203,7 +219,7 @@ def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]
     mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare.
     Under torchrun each rank holds a shard of the split and the counts and sums are added
     over the ranks, so the accuracy is the single process's exactly."""
-    keys = EVAL_KEYS[type(model)]
+    keys = EVAL_KEYS[MLiT if isinstance(model, MLiT) else type(model)]
     total, correct = 0, 0
     sums = dict.fromkeys(keys, 0.0)
     for targets, out in eval_batches(model, loader, precision):

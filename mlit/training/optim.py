@@ -1,5 +1,6 @@
 """Optimisation (docs/architecture.md, section 10): parameter groups with layer-wise lr decay and no weight decay on
-biases, norms and positional embeddings; AdamW or SGD; per-step warm-up and cosine decay."""
+biases, norms and positional embeddings; AdamW, SGD or LARS; per-step warm-up and cosine decay.
+Frozen parameters (a linear probe's encoder) are in no group."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def build_optimizer(model: nn.Module, stage: Stage) -> torch.optim.Optimizer:
     # fused kernels on CUDA: one launch per step, and the fp16 GradScaler hands them its
     # inf check on the device instead of syncing the host every step
     fused = all(p.is_cuda for g in groups for p in g["params"]) or None
+    if stage.optimizer == "lars":  # MAE's linear probe: timm's LARS, trust ratio where decayed
+        from timm.optim import Lars
+
+        return Lars(groups, lr=stage.lr, momentum=stage.momentum)
     if stage.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.momentum, fused=fused)
     return torch.optim.AdamW(groups, lr=stage.lr, betas=stage.betas, fused=fused)

@@ -15,9 +15,11 @@ from mlit.errors import Interrupted
 from mlit.files.atomic import DiskFull, write_json
 from mlit.files.lock import FolderLock
 from mlit.files.tensorboard import TensorBoard
-from mlit.recipe.schema import STAGE_ORDER, Recipe
+from mlit.recipe.schema import Recipe
 from mlit.training.engine import NonFiniteLoss, select_device, select_precision
+from mlit.training.prechecks import BUSY_ADVICE, check_inputs
 from mlit.training.run_folder import (
+    newest_checkpoint,
     output_dir,
     prepare_run_folder,
     pretrained_encoder,
@@ -30,9 +32,10 @@ def run(recipe: Recipe) -> dict:
     """Every stage of the recipe in order; returns (and writes) the summary. Under torchrun
     every rank trains and rank 0 alone holds the folder and writes (docs/distributed.md)."""
     with distributed.collective_errors():
-        distributed.init(recipe.train.device)
+        w = distributed.init()
+        distributed.agreed(lambda: check_inputs(recipe, w.size))
         out = output_dir(recipe)
-        lock = FolderLock(out, advice="wait for it to finish, or choose another train.out")
+        lock = FolderLock(out, advice=BUSY_ADVICE)
         # through on_rank0: a busy folder is rank 0's one line, and the other ranks stop
         # with it instead of waiting for a peer that is gone
         distributed.on_rank0(lambda: lock.acquire() and None)  # nothing to broadcast
@@ -51,9 +54,9 @@ def run_in_folder(recipe: Recipe, out: Path) -> dict:
         return run_stages(recipe, out)
     except (DiskFull, Interrupted) as err:
         if not err.last_good:  # failed outside a stage: name the newest checkpoint
-            saved = [out / k / "checkpoint.pt" for k in STAGE_ORDER]
-            err.last_good = next((str(p) for p in reversed(saved) if p.exists()),
-                                 "none yet" if isinstance(err, DiskFull) else "")
+            last = newest_checkpoint(out)
+            err.last_good = str(last) if last else "none yet" if isinstance(err, DiskFull) \
+                else ""
         raise
 
 
@@ -69,8 +72,8 @@ def run_stages(recipe: Recipe, out: Path) -> dict:
     writer = TensorBoard(out / "tb", enabled=w.writer)
     try:
         for kind, stage in recipe.stages():
-            if kind == "finetune":
-                encoder_init = pretrained_encoder(recipe, out, stage)
+            if kind in ("linprobe", "finetune"):
+                encoder_init = pretrained_encoder(recipe, out, stage, kind)
             stage_run = StageRun(recipe, kind, stage, out, precision, writer, encoder_init)
             try:
                 result = stage_run.run()
@@ -81,7 +84,7 @@ def run_stages(recipe: Recipe, out: Path) -> dict:
                 err.last_good = stage_run.last_good()
                 raise
             except Interrupted as err:  # Ctrl-C or SIGTERM: say where, and what resumes
-                err.where = f"in stage {kind} at epoch {stage_run.epoch + 1} of {stage.epochs}"
+                err.where = err.where or stage_run.position()
                 if stage_run.last_path.exists():
                     err.last_good = stage_run.last_good()
                 else:

@@ -13,10 +13,11 @@ from mlit.recipe.schema import Recipe
 # how it finds its data; none changes what is trained. Every other change is refused, because
 # the run folder's checkpoints belong to the recipe in its recipe.yaml.
 SAFE_ON_RESUME = {"name", "train.out", "train.resume", "train.stop_after_epochs",
+                  "train.checkpoint_minutes",
                   "train.progress", "train.log_every", "train.threads", "train.compile",
                   "train.compile_mode", "train.device", "data.root", "data.download",
                   "data.num_workers", "data.pipeline", "model.moe_impl"}
-SAFE_STAGE_FIELDS = {"eval_every", "checkpoint_every"}
+SAFE_STAGE_FIELDS = {"eval_every", "checkpoint_every", "knn_every"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

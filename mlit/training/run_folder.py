@@ -63,23 +63,43 @@ def prepare_run_folder(out: Path, recipe: Recipe) -> None:
     recipe_path = out / "recipe.yaml"
     if not recipe.train.resume:
         clear_run(out)
-    elif recipe_path.exists() and any(out.glob("*/checkpoint.pt")):
-        changes = changed_fields(saved_recipe(recipe_path), recipe)
-        if changes:
-            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:5])
-            more = f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
-            raise RecipeError(
-                f"{out} holds checkpoints of another recipe ({listed}{more}): add "
-                "train.resume=false to start over there, or choose another train.out")
+    check_resumable(out, recipe)
     text = recipe_to_yaml(recipe)
     if not recipe_path.exists() or recipe_path.read_text(errors="replace") != text:
         write_text_atomic(recipe_path, text)
 
 
-def pretrained_encoder(recipe: Recipe, out: Path, stage: Stage) -> dict:
-    """The encoder a fine-tune starts from: finetune.init, or this run's pre-training."""
+def newest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint of the latest stage that has one: what a rerun resumes from."""
+    saved = [out / kind / "checkpoint.pt" for kind in STAGE_ORDER]
+    return next((p for p in reversed(saved) if p.exists()), None)
+
+
+def check_resumable(out: Path, recipe: Recipe) -> None:
+    """The checkpoints in `out`, if any, belong to this recipe (or it starts over)."""
+    recipe_path = out / "recipe.yaml"
+    if not recipe.train.resume or not recipe_path.exists() \
+            or not any(out.glob("*/checkpoint.pt")):
+        return
+    changes = changed_fields(saved_recipe(recipe_path), recipe)
+    if changes:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:5])
+        more = f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
+        raise RecipeError(
+            f"{out} holds checkpoints of another recipe ({listed}{more}): add "
+            "train.resume=false to start over there, or choose another train.out")
+
+
+def pretrained_encoder(recipe: Recipe, out: Path, stage: Stage, kind: str = "finetune"
+                       ) -> dict | None:
+    """The encoder a fine-tune or a probe starts from: its init, or this run's pre-training;
+    None for linprobe.init=random (the encoder as initialised)."""
+    if stage.init == "random":
+        if kind != "linprobe":
+            raise RecipeError(f"{kind}.init=random: only linprobe probes an untrained encoder")
+        return None
     source = stage.init or out / recipe.pretraining_stage() / "checkpoint.pt"
-    key = "finetune.init" if stage.init else f"the {recipe.pretraining_stage()} checkpoint"
+    key = f"{kind}.init" if stage.init else f"the {recipe.pretraining_stage()} checkpoint"
     return modelfile.encoder_for(source, recipe.model_settings(), recipe.model["name"], key)
 
 
@@ -117,17 +137,23 @@ def settle_data(recipe: Recipe, out: Path) -> Recipe:
         return found
 
     found = distributed.on_rank0(stats)
-    classifier = [k for k, _ in recipe.stages() if k in ("finetune", "supervised")]
-    if classifier and not found["classes"]:
-        raise DatasetInvalid(f"{data.root}/train: images without class folders serve MAE or "
-                             f"SimCLR pre-training only; the {classifier[0]} stage needs "
-                             "train/<class>/<image>")
-    if classifier and len(found["classes"]) == 1:
-        raise DatasetInvalid(f"{data.root}/train: one class folder ({found['classes'][0]}); "
-                             f"the {classifier[0]} stage needs at least two classes (a "
-                             "one-class classifier is always right)")
+    check_classes(recipe, found["classes"])
     update = {"mean": tuple(found["mean"]), "std": tuple(found["std"])}
     return recipe.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def check_classes(recipe: Recipe, classes) -> None:
+    """A folder dataset's classes serve the recipe's stages: a classifier needs two or more."""
+    root = recipe.data.root
+    classifier = [k for k, _ in recipe.stages() if k in ("linprobe", "finetune", "supervised")]
+    if classifier and not classes:
+        raise DatasetInvalid(f"{root}/train: images without class folders serve MAE or "
+                             f"SimCLR pre-training only; the {classifier[0]} stage needs "
+                             "train/<class>/<image>")
+    if classifier and len(classes) == 1:
+        raise DatasetInvalid(f"{root}/train: one class folder ({classes[0]}); the "
+                             f"{classifier[0]} stage needs at least two classes (a one-class "
+                             "classifier is always right)")
 
 
 def check_same_classes(then: list[str], now: tuple[str, ...], root: str, stats: Path) -> None:

@@ -2,6 +2,9 @@
 
 `StageRun` is what `python -m mlit.train` runs for every stage of a recipe, and what the
 model zoo and the shape sweep run for each of their models (with the zoo's file layout).
+A stage can stop after any optimiser step (a signal, mlit/training/preemption.py) and resume
+there: a checkpoint holds the step, and inside an epoch the epoch's running loss sums; every
+draw of a step is keyed by the step (mlit/data/seeds.py).
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import torch
 from tqdm import tqdm
 
 from mlit.data.catalogue import dataset_info
-from mlit.data.loaders import epoch_seed, eval_loader, train_loader
+from mlit.data.loaders import eval_loader, train_loader
+from mlit.data.seeds import epoch_seed, step_seed
 from mlit.data.transforms import batch_mixing
 from mlit.distributed import world
+from mlit.errors import Interrupted
 from mlit.files import checkpoint as ckpt
-from mlit.files.jsonl import append_jsonl, jsonl_text, read_jsonl, write_jsonl
+from mlit.files.jsonl import append_jsonl, drop_epochs_after
 from mlit.files.weights import load_weights
 from mlit.model.dispatch import check_before_compile
-from mlit.model.encoder import MLiT, build_head
-from mlit.model.registry import module_for
+from mlit.model.encoder import MLiT
 from mlit.recipe.schema import Recipe, Stage
 from mlit.training.engine import (
     Precision,
@@ -33,41 +37,10 @@ from mlit.training.engine import (
     to_device,
     train_step,
 )
+from mlit.training.knn import KnnMonitor
 from mlit.training.optim import build_optimizer, lr_at, set_lr
-
-
-def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dict | None):
-    """The stage's model. Classifier heads may draw from their own seed, so two runs that
-    differ only in `head_seed` start from identical encoders and different heads."""
-    extra = {"num_classes": dataset_info(recipe.data).num_classes}
-    if stage.head:
-        extra["head"] = stage.head
-    cfg = recipe.model_settings(**extra)
-    ckpt.seed_everything(recipe.train.seed)
-    model = module_for(kind, cfg)
-    if not isinstance(model, MLiT):
-        return model
-    if stage.head_seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stage.head_seed)
-            model.head = build_head(cfg)
-    if encoder_init is not None:
-        model.encoder.load_state_dict(encoder_init)
-    return model
-
-
-def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel under torchrun, the model itself alone. Every expert's weights
-    are one stacked tensor, so a rank whose tokens skip an expert still gives that tensor a
-    gradient (zero in the expert's slice); only the gate's noise weights go unused, when
-    noisy gating is off, and DDP is told so (docs/distributed.md)."""
-    if not world().distributed:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                   else None,
-                                   find_unused_parameters=not model.cfg.noisy_gating)
+from mlit.training.preemption import Preemption
+from mlit.training.stage_model import build_stage_model, data_parallel
 
 
 class StageRun:
@@ -105,11 +78,16 @@ class StageRun:
                                   if stage.eval_train and classifier else None)
         self.mixing = (batch_mixing(stage.augment, self.model.cfg.num_classes)
                        if classifier else None)
+        labelled = dataset_info(recipe.data).num_classes > 1  # a folder of loose images: no
+        self.knn = KnnMonitor(kind, recipe.data, stage, self.model, precision) \
+            if kind in ("pretrain", "simclr") and stage.knn_every and labelled else None
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = stage.epochs * self.steps_per_epoch
         self.warmup_steps = round(stage.warmup_epochs * self.steps_per_epoch)
-        self.epoch, self.step, self.result = 0, 0, {}
-        self.saved_epoch = 0
+        self.epoch, self.step, self.result = 0, 0, {}  # epochs done, optimiser steps done
+        self.saved_at = (0, 0)  # (epoch, step) of the last checkpoint
+        self.resumed_tracker: StepTracker | None = None  # an epoch resumed mid-way
+        self.preemption = Preemption(recipe.train.checkpoint_minutes)
 
     # -- checkpoints ------------------------------------------------------------------------
     @property
@@ -124,15 +102,22 @@ class StageRun:
                 "epoch": self.epoch, "class_names": list(info.classes) or None,
                 "normalization": {"mean": list(info.mean), "std": list(info.std)}}
 
-    def save(self) -> None:
-        if not self.world.writer:
-            self.saved_epoch = self.epoch
-            return
-        state = {**self.model_record(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "step": self.step,
-                 "rng": ckpt.rng_state(), "result": self.result}
-        ckpt.save_atomic(state, self.last_path)
-        self.saved_epoch = self.epoch
+    def epoch_steps_done(self) -> int:
+        """Optimiser steps of the current epoch already taken (0 at an epoch's start)."""
+        return self.step - self.epoch * self.steps_per_epoch
+
+    def save(self, tracker: StepTracker | None = None) -> None:
+        """The stage's checkpoint at this step; inside an epoch, with the epoch's running
+        sums (`tracker`, gathered from every rank, so every rank calls save)."""
+        progress = tracker.progress() if tracker is not None and self.epoch_steps_done() \
+            else None
+        if self.world.writer:
+            state = {**self.model_record(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), "step": self.step,
+                     "epoch_progress": progress, "result": self.result}
+            ckpt.save_atomic(state, self.last_path)
+        self.saved_at = (self.epoch, self.step)
+        self.preemption.saved()
 
     def save_epoch_checkpoint(self) -> None:
         """The zoo keeps every epoch's weights: checkpoint_0000XY/model.pt."""
@@ -143,7 +128,15 @@ class StageRun:
         """The checkpoint a rerun would resume from, for error messages."""
         if not self.last_path.exists():
             return "none yet"
-        return f"{self.last_path} (epoch {self.saved_epoch})"
+        epoch, step = self.saved_at
+        inside = step - epoch * self.steps_per_epoch
+        return f"{self.last_path} (" + (f"step {step}, {inside} into epoch {epoch + 1}" if inside
+                                        else f"epoch {epoch}") + ")"
+
+    def position(self) -> str:
+        """Where the stage is, for the line of an interrupted run."""
+        return (f"in stage {self.kind} at step {self.step} of {self.total_steps} (epoch "
+                f"{self.epoch + 1} of {self.stage.epochs})")
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True when the stage had finished."""
@@ -157,45 +150,71 @@ class StageRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.result = state["epoch"], state["step"], state["result"]
-        self.saved_epoch = self.epoch
-        ckpt.set_rng_state(state["rng"])
+        self.saved_at = (self.epoch, self.step)
+        if state.get("epoch_progress") is not None:
+            self.resumed_tracker = StepTracker.resumed(state["epoch_progress"],
+                                                       self.precision.device)
         self.truncate_metrics(after=self.epoch)
         return self.epoch >= self.stage.epochs
 
     def truncate_metrics(self, after: int) -> None:
-        """Drop this stage's metric lines of epochs after `after`, written by a run that was
-        killed before its next checkpoint."""
-        if self.world.writer and self.metrics_path.exists():  # rewritten whole: also drops a partial last line
-            keep = [r for r in read_jsonl(self.metrics_path)
-                    if not (r.get("stage") == self.kind and r.get("epoch", 0) > after)]
-            if jsonl_text(keep) != self.metrics_path.read_text(errors="replace"):
-                write_jsonl(self.metrics_path, keep)
+        if self.world.writer:
+            drop_epochs_after(self.metrics_path, self.kind, after)
 
     # -- training ---------------------------------------------------------------------------
     def run_epoch(self, bar) -> dict:
+        """The epoch's remaining steps (all of them, unless it resumes mid-way)."""
         self.model.train()
-        seed = epoch_seed(self.recipe.train.seed, self.kind, self.epoch)
-        # augmentation, masking, gate noise, dropout: each rank its own draws
-        ckpt.seed_everything(seed + 1_000_003 * self.world.rank)
-        self.train_loader.generator.manual_seed(seed)  # the global order, worker seeds
-        tracker, device = StepTracker(), self.precision.device
-        for images, targets in self.train_loader:
-            images = to_device(images, device)
-            targets = targets.to(device, non_blocking=True)
-            if self.mixing is not None:
-                images, targets = self.mixing(images, targets)
-            lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.stage)
-            set_lr(self.optimizer, lr)
-            parts = train_step(self.step_model, images, targets, self.optimizer, self.scaler,
-                               self.precision, self.stage.clip_grad, self.stage.label_smoothing)
-            tracker.add(self.step, parts)
-            self.step += 1
-            if self.step % self.recipe.train.log_every == 0:
-                tracker.check()
-                self.log_step(parts, lr)
-            bar.update(1)
+        rank, seed = self.world.rank, self.recipe.train.seed
+        first = self.epoch_steps_done()
+        tracker = self.resumed_tracker if first and self.resumed_tracker else StepTracker()
+        self.resumed_tracker = None
+        batches = self.train_loader.epoch(epoch_seed(seed, self.kind, self.epoch), first)
+        # what the step draws (the device pipeline's colour ops, MixUp, masks, gate noise,
+        # dropout) from (seed, step, rank): a resumed step draws what an unbroken one does
+        ckpt.seed_everything(step_seed(seed, self.kind, self.step, rank))
+        try:
+            for images, targets in batches:
+                self.train_one(images, targets, tracker, bar)
+                self.stop_point(tracker)
+                ckpt.seed_everything(step_seed(seed, self.kind, self.step, rank))
+        finally:
+            batches.close()  # a stop mid-epoch ends the loader's workers now
         tracker.check()
+        lr = lr_at(max(self.step - 1, 0), self.total_steps, self.warmup_steps, self.stage)
         return {**tracker.means(), "lr": lr}
+
+    def train_one(self, images, targets, tracker: StepTracker, bar) -> None:
+        """One optimiser step at the schedule's learning rate."""
+        device = self.precision.device
+        images = to_device(images, device)
+        targets = targets.to(device, non_blocking=True)
+        if self.mixing is not None:
+            images, targets = self.mixing(images, targets)
+        lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.stage)
+        set_lr(self.optimizer, lr)
+        parts = train_step(self.step_model, images, targets, self.optimizer, self.scaler,
+                           self.precision, self.stage.clip_grad, self.stage.label_smoothing)
+        tracker.add(self.step, parts)
+        self.step += 1
+        if self.step % self.recipe.train.log_every == 0:
+            tracker.check()
+            self.log_step(parts, lr)
+        bar.update(1)
+
+    def stop_point(self, tracker: StepTracker | None = None) -> None:
+        """After a step or an epoch: what every rank agreed on (Preemption.check). A recovery
+        checkpoint, or on a signal a checkpoint of this step, and Interrupted."""
+        signum, due = self.preemption.check()
+        if not (signum or due):
+            return
+        if tracker is not None:
+            tracker.check()  # never a checkpoint of a step whose loss was not finite
+        self.save(tracker)
+        if signum:
+            err = Interrupted(signum)
+            err.where, err.last_good = self.position(), self.last_good()
+            raise err
 
     def log_step(self, parts: dict, lr: float) -> None:
         for k, v in parts.items():
@@ -246,9 +265,9 @@ class StageRun:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.kind, unit="step",
                    disable=not (self.recipe.train.progress and self.world.writer), dynamic_ncols=True, mininterval=2)
         start = time.time()
-        if self.epoch == 0 and self.stage.eval_at_start:
+        if self.step == 0 and self.stage.eval_at_start:
             self.record_start()
-        with bar:
+        with bar, self.preemption.deferred():
             while self.epoch < last_epoch:
                 train_metrics = self.run_epoch(bar)
                 self.epoch += 1
@@ -257,6 +276,8 @@ class StageRun:
                           **{f"train_{k}": v for k, v in train_metrics.items()}}
                 if done or self.epoch % self.stage.eval_every == 0:
                     record.update(self.evaluate())
+                if self.knn is not None and (done or self.epoch % self.stage.knn_every == 0):
+                    record.update(self.knn.measure(self.writer, self.step))
                 record["time_s"] = round(time.time() - start, 2)
                 self.result = {k: v for k, v in record.items()
                                if k.startswith("test_") or k == "train_acc"} or self.result
@@ -271,5 +292,7 @@ class StageRun:
                 if done or self.epoch % self.stage.checkpoint_every == 0 \
                         or self.epoch == last_epoch:
                     self.save()
+                if not done:
+                    self.stop_point()
         self.writer.flush()
         return {**self.result, "epoch": self.epoch}

@@ -1,0 +1,152 @@
+"""`python -m mlit.train --nproc-per-node N RECIPE [overrides]`: one run on several processes
+from one command, on torch.distributed's elastic launcher (the API torchrun is built on).
+
+Before any worker starts, the launcher checks the recipe, the data and the run folder once
+(mlit/training/prechecks.py), so bad input is one line and exit 2 at once. It then starts N
+workers per node (`python -m mlit.train RECIPE [overrides]` under torchrun's environment),
+each of which reports its outcome to a file instead of printing it (distributed.write_report),
+and ends with the job's one line and exit status: the cause a rank reported (naming the rank
+only when ranks differ), a rank that died without a report (killed, or a bug's traceback
+above), or, for SIGINT / SIGTERM to the launcher (which passes it on to every worker), where
+the ranks stopped and the checkpoint they wrote (130 / 143). Plain `torchrun -m mlit.train`
+works as before; it prints its own report around a failure (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlit import distributed
+from mlit.errors import FAULT, ProjectError
+from mlit.recipe.schema import load_recipe
+from mlit.training.prechecks import check_inputs, check_run_folder
+from mlit.training.run_folder import newest_checkpoint
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """Where the workers run: torchrun's flags of the same names."""
+    nproc_per_node: int
+    nnodes: int = 1
+    rdzv_backend: str = "c10d"
+    rdzv_endpoint: str = ""  # host:port of the rendezvous; localhost on one node
+    rdzv_id: str = ""
+    node_rank: int = 0  # static rendezvous only
+
+    @property
+    def processes(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+class JobFailed(ProjectError):
+    """The job's one line, chosen from what the ranks reported."""
+
+    def __init__(self, status: int, line: str, rank_label: str = ""):
+        super().__init__(line)
+        self.status, self.rank_label = status, rank_label
+
+
+def launch(nodes: Nodes, argv: list[str]) -> int:
+    """Check the input once, run the workers, and return 0 or raise the job's JobFailed."""
+    recipe = load_recipe(argv[0], argv[1:])
+    check_inputs(recipe, nodes.processes)
+    out = check_run_folder(recipe)
+    if nodes.processes == 1:
+        from mlit.training.recipe_run import run
+        run(recipe)
+        return 0
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+
+    with tempfile.TemporaryDirectory(prefix="mlit-ranks-") as reports, \
+            reporting_to(reports):
+        # as torchrun does, but a share of the cores rather than one thread per process
+        os.environ.setdefault("OMP_NUM_THREADS",
+                              str(max(1, (os.cpu_count() or 1) // nodes.nproc_per_node)))
+        quiet_elastic_logs()
+        try:
+            elastic_launch(launch_config(nodes), sys.executable)("-m", "mlit.train", *argv)
+            return 0
+        except ChildFailedError as err:
+            failures = {rank: f.exitcode for rank, f in err.failures.items()}
+            raise outcome(distributed.read_reports(Path(reports)), failures, 0,
+                          nodes.processes, out) from None
+        except SignalException as err:
+            raise outcome(distributed.read_reports(Path(reports)), {}, int(err.sigval),
+                          nodes.processes, out) from None
+
+
+@contextlib.contextmanager
+def reporting_to(folder: str):
+    """The workers' environment names the folder they report to (distributed.write_report)."""
+    os.environ[distributed.REPORT_ENV] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(distributed.REPORT_ENV, None)
+
+
+def launch_config(nodes: Nodes):
+    from torch.distributed.launcher.api import LaunchConfig
+
+    standalone = nodes.nnodes == 1 and not nodes.rdzv_endpoint
+    configs = {"rank": nodes.node_rank} if nodes.rdzv_backend == "static" else {}
+    return LaunchConfig(
+        min_nodes=nodes.nnodes, max_nodes=nodes.nnodes, nproc_per_node=nodes.nproc_per_node,
+        run_id=nodes.rdzv_id or (str(uuid.uuid4()) if standalone else "mlit"),
+        rdzv_backend="c10d" if standalone else nodes.rdzv_backend,
+        rdzv_endpoint="localhost:0" if standalone else nodes.rdzv_endpoint,
+        rdzv_configs=configs,
+        max_restarts=0,  # a rerun of the same command resumes; a restart would repeat a bad input
+        monitor_interval=0.1)
+
+
+def quiet_elastic_logs() -> None:
+    """The agent's own log lines (rendezvous, shutting down, failures): the launcher says
+    what happened in one line instead."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def outcome(reports: dict[int, dict], failures: dict[int, int], signum: int, size: int,
+            out: Path) -> JobFailed:
+    """The job's line from the ranks' reports and exit codes: an interrupt's place, else the
+    first cause a rank reported, else a rank that died without a report, else what the
+    other ranks saw (a peer that stopped or went away)."""
+    by_rank = sorted(reports.items())
+    if signum:
+        said = [r for _, r in by_rank if r["kind"] == "interrupt"]
+        line = said[0]["line"] if said else (
+            f"interrupted by {signal.Signals(signum).name} before the workers reported; "
+            f"{resume_advice(out)}")
+        return JobFailed(128 + signum, line)
+    for _, report in by_rank:
+        if report["kind"] in ("cause", "interrupt"):
+            return JobFailed(report["status"], report["line"], report["rank_label"])
+    for rank, code in sorted(failures.items()):
+        if rank not in reports:
+            how = (f"was killed by {signal.Signals(-code).name}" if code < 0 else
+                   f"failed with exit status {code} (its traceback is above)")
+            return JobFailed(FAULT, f"rank {rank} of {size} {how}; {resume_advice(out)}",
+                             "")
+    for kind in ("peer", "lost"):
+        for _, report in by_rank:
+            if report["kind"] == kind:
+                return JobFailed(report["status"], report["line"], "")
+    return JobFailed(FAULT, f"the workers failed without a report; {resume_advice(out)}")
+
+
+def resume_advice(out: Path) -> str:
+    last = newest_checkpoint(out)
+    return (f"the last checkpoint is {last}: run the same command again to resume" if last
+            else "no checkpoint yet: run the same command again to start over")
