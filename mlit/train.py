@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         args = launcher_parser().parse_intermixed_args(argv)
         nodes = Nodes(args.nproc_per_node, args.nnodes, args.rdzv_backend, args.rdzv_endpoint,
                       args.rdzv_id, args.node_rank)
-        return run_command("mlit.train", lambda: launch(nodes, [args.recipe, *args.overrides]))
+        argv = [args.recipe, *args.overrides]
+        if nodes.processes > 1:
+            return run_command("mlit.train", lambda: launch(nodes, argv))
 
     def body() -> int:
         distributed.init()  # under torchrun: first, so that ranks agree on what they report

@@ -59,10 +59,6 @@ def launch(nodes: Nodes, argv: list[str]) -> int:
     recipe = load_recipe(argv[0], argv[1:])
     check_inputs(recipe, nodes.processes)
     out = check_run_folder(recipe)
-    if nodes.processes == 1:
-        from mlit.training.recipe_run import run
-        run(recipe)
-        return 0
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
