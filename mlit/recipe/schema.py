@@ -143,6 +143,16 @@ class Data(Strict):
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
+class ProbeStage(Stage):
+    """linprobe: MAE's linear-probing protocol (main_linprobe.py) unless the recipe says
+    otherwise: LARS (timm's), base lr 0.1, no weight decay, random resized crop (0.08, 1) and
+    flip alone."""
+    optimizer: Literal["adamw", "sgd", "lars"] = "lars"
+    base_lr: float = Field(0.1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    augment: Augment = Augment(crop_scale=(0.08, 1.0))
+
+
 class Train(Strict):
     device: str = "auto"  # auto: cuda if available, else cpu; or cpu, cuda, cuda:N, mps
     amp: Literal["auto", "fp16", "bf16", "fp32"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
@@ -182,7 +192,7 @@ class Recipe(Strict):
     train: Train = Train()
     pretrain: Optional[Stage] = None
     simclr: Optional[Stage] = None
-    linprobe: Optional[Stage] = None
+    linprobe: Optional[ProbeStage] = None
     finetune: Optional[Stage] = None
     supervised: Optional[Stage] = None
 
