@@ -28,6 +28,21 @@ from mlit.train import main as train  # noqa: E402
 ROOT = Path(__file__).parents[1]
 
 
+def every_node(graph):
+    """The nodes of a graph and of every subgraph in it (the chunked export's Scan and If)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from every_node(attr.g)
+
+
+def in_one_pass(graph):
+    """The nodes of the chunked export's part for the rest of the batch: the model once."""
+    rest = next(n for n in graph.node if n.name == "rest.if")
+    return list(next(a.g for a in rest.attribute if a.name == "then_branch").node)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
@@ -52,8 +67,8 @@ def test_export_checks_itself_and_matches_pytorch(run, capsys):
     assert json.loads(meta["model_config"])["embed_dim"] == 16 and meta["image_size"] == "12"
     assert json.loads(meta["normalization"])["mean"][0] == pytest.approx(0.3053)
     assert json.loads(meta["recipe"])["data"]["dataset"] == "digits"
-    ops = {node.op_type for node in model.graph.node}
-    assert not ops & {"NonZero", "Loop", "If", "Scan"}  # no data-dependent shapes
+    ops = {node.op_type for node in every_node(model.graph)}
+    assert not ops & {"NonZero", "Loop"}  # no data-dependent shapes
     inputs = [i.name for i in model.graph.input]
     assert inputs == ["images"] and [o.name for o in model.graph.output] == ["logits",
                                                                               "experts"]
@@ -101,8 +116,15 @@ def test_the_int8_file_loads_and_its_accuracy_is_reported(run, capsys):
     model = onnx.load(str(run / "int8.onnx"))
     assert {p.key: p.value for p in model.metadata_props}["quantized"] == "int8"
     assert any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul")
-               for n in model.graph.node)
-    assert (run / "int8.onnx").stat().st_size < (run / "model.onnx").stat().st_size
+               for n in in_one_pass(model.graph))
+    # every weight GEMM (the patch embedding, Q/K/V, the router with the experts, the head)
+    # holds int8 weights; the attention's products of activations stay fp32
+    fp32 = onnx.load(str(run / "model.onnx"))
+    weight_products = sum(n.op_type == "Gemm" for n in in_one_pass(fp32.graph)) + 1
+    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8
+                    and len(t.dims) == 2]
+    assert len(int8_weights) == weight_products
+    assert sum(n.op_type == "MatMul" for n in in_one_pass(model.graph)) == 2 * 3  # 3 layers
     capsys.readouterr()
     assert eval_cli.main([str(run / "int8.onnx"), "--json", "--out", str(run / "e3")]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(int8, abs=1e-4)
@@ -148,6 +170,17 @@ def test_bench_infer_quick_runs(tmp_path):
                         ("resnet56", "onnxruntime fp32")}
     assert all(r["latency_ms"] > 0 and r["images_s"] > 0 for r in rows)
     assert "goals, 1 thread:" in done.stdout
+    # every figure against the machine's peak, counted with the model's own FLOPs
+    xxs = [r for r in rows if r["model"] == "mlit_xxs"]
+    assert all(r["mflops_per_image"] == pytest.approx(236.3, abs=0.1) for r in xxs)
+    for r in rows:
+        probe = r["peak_probe_gflops"]
+        assert set(probe) == {"torch", "onnxruntime"}
+        assert r["peak_gflops"] == max(probe.values()) > 0
+        assert r["peak_fraction"] == pytest.approx(
+            r["images_s"] * r["mflops_per_image"] / 1e3 / r["peak_gflops"])
+    assert xxs[0]["products_gflops"] > 0  # its own matrix products, probed
+    assert "share of the peak" in done.stdout and "peak %" in done.stdout
 
 
 def test_a_failed_check_is_one_line_and_leaves_no_file(run, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""The models tools/bench_infer.py measures: mLiT-S/XS/XXS, the dense ViT of mLiT-XXS's shape,
+"""The models tools/bench_infer.py measures: mLiT-S/XS/XXS, the dense ViT of each one's shape,
 a CIFAR ResNet-56 (He et al. 2016; the paper's Table 7 reference, defined here: no library
 ships it) and timm's tiny models when timm is installed; and the --models flag, checked."""
 
@@ -10,6 +10,7 @@ from torch import nn
 from mlit.errors import BadInput
 
 MLIT = ("mlit_s", "mlit_xs", "mlit_xxs")
+DENSE = {f"vit_{name.removeprefix('mlit_')}_dense": name for name in MLIT}  # vit_s_dense, ...
 TIMM_MODELS = ("mobilevit_xxs", "deit_tiny_patch16_224")
 
 
@@ -58,26 +59,28 @@ class LogitsOnly(nn.Module):
 
 
 def build(name: str) -> tuple[nn.Module, int, str]:
-    """(model in eval mode, input size, how the ONNX file is made) for a model name."""
+    """(model in eval mode, input size, how its ONNX file is made: "mlit", mlit.export's graph
+    with the experts output; "lean", the same writer for a dense ViT; "torch", torch.onnx's
+    exporter) for a model name."""
     import mlit
 
     if name in MLIT:
         return mlit.create_model(name, num_classes=100).eval(), 36, "mlit"
-    if name == "vit_xxs_dense":
-        model = mlit.create_model("mlit_xxs", num_classes=100, ffn="mlp").eval()
-        return LogitsOnly(model).eval(), 36, "plain"
+    if name in DENSE:  # the same shape with a GELU MLP of the MoE layer's parameters
+        model = mlit.create_model(DENSE[name], num_classes=100, ffn="mlp").eval()
+        return LogitsOnly(model).eval(), 36, "lean"
     if name == "resnet56":
-        return ResNet56().eval(), 32, "plain"
+        return ResNet56().eval(), 32, "torch"
     import timm
 
     size = 256 if name == "mobilevit_xxs" else 224
-    return timm.create_model(name, pretrained=False, num_classes=100).eval(), size, "plain"
+    return timm.create_model(name, pretrained=False, num_classes=100).eval(), size, "torch"
 
 
 def models(quick: bool) -> list[str]:
     if quick:
         return ["mlit_xxs", "resnet56"]
-    names = [*MLIT, "vit_xxs_dense", "resnet56"]
+    names = [*MLIT, *DENSE, "resnet56"]
     try:
         import timm  # noqa: F401
         names += list(TIMM_MODELS)
@@ -94,7 +97,7 @@ def model_list(text: str | None, quick: bool) -> list[str]:
     if not all(names):
         raise BadInput(f"--models {text!r}: give model names separated by commas, e.g. "
                        "mlit_xxs,resnet56")
-    known = [*MLIT, "vit_xxs_dense", "resnet56", *TIMM_MODELS]
+    known = [*MLIT, *DENSE, "resnet56", *TIMM_MODELS]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise BadInput(f"--models: {unknown[0]} is not a model this benchmark knows "

@@ -8,11 +8,12 @@ One self-contained file (opset 18, weights inside), a dynamic batch axis, input 
 The file's metadata carries what `mlit.eval model.onnx` or any ONNX Runtime user needs: the
 model config, image size, normalisation, class names and the recipe.
 
-The exported graph has no data-dependent shapes: each MoE layer computes every expert for
-every token in one GEMM and weights them by the sparse top-k gate (mlit.model.dispatch's `dense`),
-which gives the numbers of the sparse path; routing noise is off, as at evaluation. Before
-the file is kept it is checked (`check_export`): onnx.checker's full check, then ONNX Runtime
-against PyTorch's sparse path on random and real test images at each of BATCHES.
+The graph is written node by node from the model's weights (onnx_graph.py): no
+data-dependent shapes and no shape arithmetic at run time; each MoE layer computes every
+expert for every token in one GEMM and weights them by the top-k gate, which gives the
+numbers of the sparse path; routing noise is off, as at evaluation. Before the file is kept
+it is checked (`check_export`): onnx.checker's full check, then ONNX Runtime against
+PyTorch's sparse path on random and real test images at each of BATCHES.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from torch import nn
 from mlit.errors import BadInput, Fault, first_line
 from mlit.files.modelfile import ModelFile, export_metadata, weights_digest
 from mlit.files.weights import load_weights
+from mlit.inference.onnx_chunks import chunked
+from mlit.inference.onnx_graph import OPSET, lean_graph
 from mlit.inference.onnx_runtime import deploy_modules, evaluate_onnx, initializer_bytes, session
 from mlit.model.encoder import MLiT, MLiTEncoder
 from mlit.model.moe import MoELayer
 from mlit.model.registry import CLASSIFIER_KINDS
 
-OPSET = 18
 BATCHES = (1, 7, 64)
 LOGIT_TOLERANCE = 1e-4
 INT8_DROP = 0.01  # top-1 an int8 file may lose before a warning
@@ -123,13 +125,12 @@ def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool
     with int8 and a test split, both files' test top-1."""
     onnx, _ = deploy_modules()
     kind = "encoder" if encoder_only else mf.kind
-    dense = Deployable(module_to_export(mf, encoder_only, "dense")).eval()
     size = mf.config.image_size
-    outputs = ["tokens" if encoder_only else "logits", "experts"]
     remove_leftover_folders(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        write_graph(dense, size, tmp / "fp32.onnx", outputs)
+        write_graphs(module_to_export(mf, encoder_only, "torch"), tmp / "fp32.onnx",
+                     tmp / "int8.onnx" if int8 else None)
         stamp(tmp / "fp32.onnx", metadata(mf, kind))
         onnx.checker.check_model(str(tmp / "fp32.onnx"), full_check=True)
         reference = Deployable(module_to_export(mf, encoder_only, "torch")).eval()
@@ -138,7 +139,6 @@ def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool
                   "parity": check_export(tmp / "fp32.onnx", reference, size, test_images)}
         final = tmp / "fp32.onnx"
         if int8:
-            quantize(final, tmp / "int8.onnx")
             stamp(tmp / "int8.onnx", {**metadata(mf, kind), "quantized": "int8"})
             final = tmp / "int8.onnx"
             if test_loader is not None and not encoder_only:
@@ -177,9 +177,15 @@ def remove_leftover_folders(out: Path) -> None:
 
 
 def write_graph(module: nn.Module, size: int, path: Path, outputs: list[str]) -> None:
-    """torch.onnx's exporter (torch.export underneath) with a dynamic batch axis, weights
-    inside the file."""
+    """Any module through torch.onnx's exporter (torch.export underneath), with a dynamic
+    batch axis and the weights inside the file: what tools/bench_infer.py measures mLiT
+    against (an mLiT's own graph is onnx_graph.py's)."""
     deploy_modules()
+    try:
+        import onnxscript  # noqa: F401 (torch.onnx's exporter needs it)
+    except ImportError:
+        raise BadInput("torch.onnx's exporter needs onnxscript: pip install -e '.[deploy]'") \
+            from None
     example = torch.randn(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad(), warnings.catch_warnings(), quiet():
@@ -190,9 +196,30 @@ def write_graph(module: nn.Module, size: int, path: Path, outputs: list[str]) ->
     program.save(str(path), external_data=False)
 
 
+def write_graphs(module: nn.Module, fp32: Path, int8: Path | None = None) -> None:
+    """The graph of `module` (onnx_graph.py) run CHUNK images at a time (onnx_chunks.py) at
+    `fp32` and, with `int8`, its quantised form there (quantised before chunking, so that the
+    quantiser sees one graph, not two copies in subgraphs)."""
+    onnx, _ = deploy_modules()
+    plain = fp32.with_name(f"{fp32.stem}.plain.onnx")
+    onnx.save(lean_graph(module), str(plain))
+    try:
+        onnx.save(chunked(onnx.load(str(plain))), str(fp32))
+        if int8 is not None:
+            quantized = int8.with_name(f"{int8.stem}.plain.onnx")
+            quantize(plain, quantized)
+            try:
+                onnx.save(chunked(onnx.load(str(quantized))), str(int8))
+            finally:
+                quantized.unlink()
+    finally:
+        plain.unlink()
+
+
 def quantize(source: Path, target: Path) -> None:
-    """ONNX Runtime's dynamic quantisation: int8 weights of the matrix products, activations
-    quantised per batch at run time."""
+    """ONNX Runtime's dynamic quantisation: int8 weights (one scale per tensor) of the
+    products with a weight (the attention's products of activations stay fp32), their
+    inputs quantised at run time, per chunk of images once chunked."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with quiet():

@@ -21,7 +21,6 @@ def deploy_modules():
     try:
         import onnx
         import onnxruntime
-        import onnxscript  # noqa: F401 (torch.onnx's exporter needs it)
     except ImportError as err:
         raise BadInput(f"ONNX export needs the deploy extra ({err.name} is missing): "
                        "pip install -e '.[deploy]'") from None
