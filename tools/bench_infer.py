@@ -14,13 +14,14 @@ installed. mLiT and the dense ViTs are written as `mlit.export` writes them
 (mlit/inference/onnx_graph.py), the others by torch.onnx's exporter.
 
 Per model, backend and thread count: batch 1 latency (median and 90th percentile over the
-timed runs, warm-up excluded) and batch 64 images/s; the GFLOP/s those images/s imply with the
-model's own forward FLOPs (tools/param_count.py's count, the sparse path for mLiT) and their
-share of the machine's peak, measured in the same process at that thread count
-(tools/bench_peak.py: a 1024^3 product in PyTorch and ONNX Runtime, the better; and the
-model's own matrix products, each alone); the ONNX file's size; and the peak resident memory
-of the process that measured that model. Each model is measured in a process of its own, so
-one model's memory does not count for another.
+timed runs, warm-up excluded) and batch 64 images/s, each the best of three rounds that take
+the backends in turn (a round disturbed by the machine's neighbours is one of three); the
+GFLOP/s those images/s imply with the model's own forward FLOPs (tools/param_count.py's
+count, the sparse path for mLiT) and their share of the machine's peak, measured in the same
+process at that thread count (tools/bench_peak.py: a 1024^3 product in PyTorch and ONNX
+Runtime, the better; and the model's own matrix products, each alone); the ONNX file's size;
+and the peak resident memory of the process that measured that model. Each model is measured
+in a process of its own, so one model's memory does not count for another.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ import time
 from pathlib import Path
 
 import torch
-from bench_infer_report import print_goals, print_profile, print_table, profile_xxs
-from bench_peak import graph_products_rate, model_flops, square_peak
 from torch import nn
 
 from mlit.cli import run_command
@@ -47,6 +46,11 @@ from mlit.files.atomic import write_json
 from mlit.files.paths import output_file
 
 from bench_infer_models import MLIT, build, model_list
+from bench_infer_report import print_goals, print_profile, print_table, profile_xxs
+from bench_peak import graph_products_rate, model_flops, square_peak
+
+RUNS = (60, 12)  # timed batch-1 and batch-64 runs per backend, over ROUNDS rounds
+ROUNDS = 3
 
 
 # -- measuring one model ------------------------------------------------------------------------
@@ -67,6 +71,21 @@ def onnx_files(name: str, model: nn.Module, size: int, how: str, folder: Path) -
     return files
 
 
+def caller(fn, threads: int):
+    """images -> outputs, for a PyTorch module or an ONNX file run at `threads`."""
+    from mlit.inference.onnx_runtime import session
+
+    if isinstance(fn, Path):
+        runner = session(fn, threads=threads)
+        out_name = runner.get_outputs()[0].name
+        return lambda x: runner.run([out_name], {"images": x.numpy()})
+
+    def call(x):
+        with torch.no_grad():
+            return fn(x)
+    return call
+
+
 def timings(fn, runs: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -83,7 +102,6 @@ def measure(name: str, threads: list[int], quick: bool, folder: Path) -> list[di
 
     from mlit.inference.onnx_chunks import CHUNK
     from mlit.inference.onnx_graph import lean_graph
-    from mlit.inference.onnx_runtime import session
 
     torch.manual_seed(0)
     model, size, how = build(name)
@@ -96,7 +114,7 @@ def measure(name: str, threads: list[int], quick: bool, folder: Path) -> list[di
         plain = folder / f"{name}.products.onnx"
         onnx.save(lean_graph(model if how == "mlit" else model.model), str(plain))
     big = 8 if quick else 64
-    runs = (5, 2) if quick else (50, 10)
+    runs = (5, 2) if quick else (RUNS[0] // ROUNDS, RUNS[1] // ROUNDS)
     flops = model_flops(model, size)
     params = sum(p.numel() for p in model.parameters())
     rows = []
@@ -104,26 +122,29 @@ def measure(name: str, threads: list[int], quick: bool, folder: Path) -> list[di
         peak = square_peak(n_threads)  # sets torch's thread count too
         # mLiT's and the dense ViT's work is all MatMul and Gemm, run CHUNK images at a time
         products = (graph_products_rate(plain, min(big, CHUNK), n_threads) if plain else None)
+        calls = {backend: caller(fn, n_threads) for backend, fn in
+                 [*backends.items(), *files.items()]}
+        one = torch.randn(1, 3, size, size)
+        many = torch.randn(big, 3, size, size)
+        for fn in calls.values():  # warm-up (and torch.compile's compilation)
+            timings(lambda fn=fn: fn(one), 0, 5)
+            timings(lambda fn=fn: fn(many), 0, 2)
+        # ROUNDS rounds, the backends in turn: a round disturbed by the machine's neighbours
+        # is one of several, and the best round's median stands
+        lat = {backend: [] for backend in calls}
+        thr = {backend: [] for backend in calls}
+        for _ in range(ROUNDS):
+            for backend, fn in calls.items():
+                lat[backend].append(timings(lambda fn=fn: fn(one), runs[0], 0))
+                thr[backend].append(timings(lambda fn=fn: fn(many), runs[1], 0))
         for backend, fn in [*backends.items(), *files.items()]:
-            if backend.startswith("onnxruntime"):
-                runner = session(fn, threads=n_threads)
-                out_name = runner.get_outputs()[0].name
-
-                def call(x, runner=runner, out_name=out_name):
-                    return runner.run([out_name], {"images": x.numpy()})
-            else:
-                def call(x, fn=fn):
-                    with torch.no_grad():
-                        return fn(x)
-            one = torch.randn(1, 3, size, size)
-            many = torch.randn(big, 3, size, size)
-            lat = timings(lambda: call(one), runs[0], 5)
-            thr = timings(lambda: call(many), runs[1], 2)
-            images_s = big / statistics.median(thr)
+            best_lat = min(lat[backend], key=statistics.median)
+            images_s = big / min(statistics.median(t) for t in thr[backend])
             gflops = images_s * flops / 1e9
             rows.append({"model": name, "backend": backend, "threads": n_threads,
-                         "input": size, "params": params, "latency_ms": 1e3 * statistics.median(lat),
-                         "latency_p90_ms": 1e3 * sorted(lat)[int(0.9 * (len(lat) - 1))],
+                         "input": size, "params": params,
+                         "latency_ms": 1e3 * statistics.median(best_lat),
+                         "latency_p90_ms": 1e3 * sorted(best_lat)[int(0.9 * (len(best_lat) - 1))],
                          "batch": big, "images_s": images_s, "mflops_per_image": flops / 1e6,
                          "gflops": gflops, "peak_gflops": peak["peak"],
                          "peak_fraction": gflops / peak["peak"],
@@ -183,8 +204,10 @@ def benchmark(args) -> int:
     threads = [1] if args.quick else sorted({1, min(2, cores), cores})
     failed = []
     print(f"machine: {machine()}")
-    print(f"random weights, float32 inputs; batch 1 latency over {5 if args.quick else 50} "
-          f"runs, throughput at batch {8 if args.quick else 64}; warm-up excluded\n")
+    lat_runs, thr_runs = (5, 2) if args.quick else (RUNS[0] // ROUNDS, RUNS[1] // ROUNDS)
+    print(f"random weights, float32 inputs; batch 1 latency: the median of {lat_runs} runs, "
+          f"images/s at batch {8 if args.quick else 64}: of {thr_runs}; each the best of "
+          f"{ROUNDS} rounds taking the backends in turn; warm-up excluded\n")
     rows, profile = [], None
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
