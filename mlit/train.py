@@ -38,8 +38,9 @@ def launcher_parser() -> argparse.ArgumentParser:
                                      "processes (torch.distributed's elastic launcher)")
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="key=value, as for one process")
-    parser.add_argument("--nproc-per-node", type=number(int, 1), required=True,
-                        help="processes per node: one per GPU")
+    # not required: a mistyped flag is then named as unrecognised, not as this one missing
+    parser.add_argument("--nproc-per-node", type=number(int, 1), default=1,
+                        help="processes per node: one per GPU (default 1)")
     parser.add_argument("--nnodes", type=number(int, 1), default=1)
     parser.add_argument("--rdzv-endpoint", default="",
                         help="host:port of the rendezvous (several nodes)")

@@ -134,3 +134,10 @@ def test_under_plain_torchrun_a_bad_key_is_one_line_of_ours(recipe, tmp_path):
     ours = [line for line in done.stderr.splitlines() if line.startswith(("mlit.train:", "mlit.train ["))]
     assert ours == ["mlit.train: pretrain.nosuch: unknown key"], done.stderr[-2000:]
     assert "exitcode  : 2" in done.stderr  # torchrun's own report follows (docs/distributed.md)
+
+
+def test_a_mistyped_flag_is_named(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train(["recipes/quickstart.yaml", "--out", "runs/x"])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --out" in capsys.readouterr().err
