@@ -56,16 +56,19 @@ ROUNDS = 3
 # -- measuring one model ------------------------------------------------------------------------
 def onnx_files(name: str, model: nn.Module, size: int, how: str, folder: Path) -> dict:
     """{backend: ONNX file}: mLiT and the dense ViTs as `mlit.export` writes them (int8 too,
-    for mLiT), the other models through torch.onnx's exporter."""
+    for mLiT), with "plain", the graph before chunking, for the products probe; the other
+    models through torch.onnx's exporter."""
     from mlit.inference.onnx_export import write_graph, write_graphs
 
     fp32, int8 = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
     if how == "torch":
         write_graph(model, size, fp32, ["logits"])
         return {"onnxruntime fp32": fp32}
+    plain = folder / f"{name}.products.onnx"
     # a dense ViT's module sits inside LogitsOnly
-    write_graphs(model if how == "mlit" else model.model, fp32, int8 if how == "mlit" else None)
-    files = {"onnxruntime fp32": fp32}
+    write_graphs(model if how == "mlit" else model.model, fp32, int8 if how == "mlit" else None,
+                 keep_plain=plain)
+    files = {"onnxruntime fp32": fp32, "plain": plain}
     if how == "mlit":
         files["onnxruntime int8"] = int8
     return files
@@ -98,10 +101,7 @@ def timings(fn, runs: int, warmup: int) -> list[float]:
 
 
 def measure(name: str, threads: list[int], quick: bool, folder: Path) -> list[dict]:
-    import onnx
-
     from mlit.inference.onnx_chunks import CHUNK
-    from mlit.inference.onnx_graph import lean_graph
 
     torch.manual_seed(0)
     model, size, how = build(name)
@@ -109,10 +109,7 @@ def measure(name: str, threads: list[int], quick: bool, folder: Path) -> list[di
     if name in MLIT and not quick:
         backends["compile"] = torch.compile(model)
     files = onnx_files(name, model, size, how, folder)
-    plain = None
-    if how != "torch":  # the graph without the chunking, for the products probe
-        plain = folder / f"{name}.products.onnx"
-        onnx.save(lean_graph(model if how == "mlit" else model.model), str(plain))
+    plain = files.pop("plain", None)  # the graph without the chunking, for the products probe
     big = 8 if quick else 64
     runs = (5, 2) if quick else (RUNS[0] // ROUNDS, RUNS[1] // ROUNDS)
     flops = model_flops(model, size)

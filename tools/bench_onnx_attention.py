@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 
 import mlit
 from mlit.inference.onnx_graph import GraphBuilder, attention, linear_weights
+from mlit.inference.onnx_runtime import session
 
 
 def plain(g: GraphBuilder, attn, tokens: int) -> str:
@@ -70,9 +71,7 @@ FORMS = {"plain opset 18 (the export's)": (plain, 18),
          "com.microsoft.MultiHeadAttention, K/V repeated": (multi_head, 18)}
 
 
-def session(form, attn, tokens: int, threads: int):
-    import onnxruntime as ort
-
+def form_session(form, attn, tokens: int, threads: int):
     build, opset = FORMS[form]
     g = GraphBuilder()
     with torch.no_grad():
@@ -84,11 +83,7 @@ def session(form, attn, tokens: int, threads: int):
                                                              ["batch", tokens, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], g.initializers)
     imports = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(helper.make_model(graph, opset_imports=imports)
-                                .SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return session(helper.make_model(graph, opset_imports=imports), threads=threads)
 
 
 def main(argv=None) -> None:
@@ -109,7 +104,7 @@ def main(argv=None) -> None:
           f"{args.threads} thread(s)")
     times = {}
     for form in FORMS:
-        runner = session(form, attn, tokens, args.threads)
+        runner = form_session(form, attn, tokens, args.threads)
         feeds = {"x": x.numpy()}
         err = float(np.abs(runner.run(None, feeds)[0] - want).max())
         for _ in range(3):

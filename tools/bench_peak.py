@@ -37,8 +37,9 @@ def rate(fn, flops: float, seconds: float = 1.0) -> float:
 
 def matmul_session(a_shape: list[int], b_shape: list[int], threads: int, constant_b: bool):
     """An ONNX Runtime session of one MatMul (B a weight when constant_b), and its feeds."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
+    from mlit.inference.onnx_runtime import session
 
     rng = np.random.default_rng(0)
     b = rng.standard_normal(b_shape, dtype=np.float32)
@@ -49,11 +50,8 @@ def matmul_session(a_shape: list[int], b_shape: list[int], threads: int, constan
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "probe", inputs,
                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
                               inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    options = ort.SessionOptions()  # as mlit.inference.onnx_runtime.session sets them
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    runner = ort.InferenceSession(model.SerializeToString(), options,
-                                  providers=["CPUExecutionProvider"])
+    runner = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+                     threads=threads)
     feeds = {"a": rng.standard_normal(a_shape, dtype=np.float32)}
     if not constant_b:
         feeds["b"] = b

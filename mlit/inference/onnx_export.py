@@ -196,12 +196,14 @@ def write_graph(module: nn.Module, size: int, path: Path, outputs: list[str]) ->
     program.save(str(path), external_data=False)
 
 
-def write_graphs(module: nn.Module, fp32: Path, int8: Path | None = None) -> None:
+def write_graphs(module: nn.Module, fp32: Path, int8: Path | None = None,
+                 keep_plain: Path | None = None) -> None:
     """The graph of `module` (onnx_graph.py) run CHUNK images at a time (onnx_chunks.py) at
     `fp32` and, with `int8`, its quantised form there (quantised before chunking, so that the
-    quantiser sees one graph, not two copies in subgraphs)."""
+    quantiser sees one graph, not two copies in subgraphs); the unchunked graph is kept at
+    `keep_plain` when given (tools/bench_infer.py probes its products)."""
     onnx, _ = deploy_modules()
-    plain = fp32.with_name(f"{fp32.stem}.plain.onnx")
+    plain = keep_plain or fp32.with_name(f"{fp32.stem}.plain.onnx")
     onnx.save(lean_graph(module), str(plain))
     try:
         onnx.save(chunked(onnx.load(str(plain))), str(fp32))
@@ -213,7 +215,8 @@ def write_graphs(module: nn.Module, fp32: Path, int8: Path | None = None) -> Non
             finally:
                 quantized.unlink()
     finally:
-        plain.unlink()
+        if keep_plain is None:
+            plain.unlink()
 
 
 def quantize(source: Path, target: Path) -> None:

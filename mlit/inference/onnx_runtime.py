@@ -27,13 +27,16 @@ def deploy_modules():
     return onnx, onnxruntime
 
 
-def session(path: Path, threads: int = 0):
+def session(path, threads: int = 0):
+    """A CPU session of the ONNX file at `path` (or of a ModelProto), on `threads` threads
+    (0: ONNX Runtime's default)."""
     _, ort = deploy_modules()
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = path.SerializeToString() if hasattr(path, "SerializeToString") else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def evaluate_onnx(path: Path, loader, num_classes: int, experts: list[int]) -> dict:
