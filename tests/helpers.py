@@ -67,7 +67,25 @@ def assert_same_run(a: Path, b: Path) -> None:
         x, y = json.loads(x), json.loads(y)
         assert x.keys() == y.keys()
         for k in x.keys() - {"time_s"}:
-            assert x[k] == pytest.approx(y[k], rel=1e-6), k
+            assert_close_record(x[k], y[k], k)
+
+
+def assert_close_record(x, y, where) -> None:
+    """A record's value: floats within the last bits (rel 1e-6), everything else (strings,
+    integers, booleans, None) exactly, lists and dicts element by element."""
+    if isinstance(x, float) or isinstance(y, float):
+        assert isinstance(x, (int, float)) and isinstance(y, (int, float)), (where, x, y)
+        assert x == pytest.approx(y, rel=1e-6), where
+    elif isinstance(x, list) and isinstance(y, list):
+        assert len(x) == len(y), where
+        for i, (a, b) in enumerate(zip(x, y)):
+            assert_close_record(a, b, f"{where}[{i}]")
+    elif isinstance(x, dict) and isinstance(y, dict):
+        assert x.keys() == y.keys(), where
+        for key in x:
+            assert_close_record(x[key], y[key], f"{where}.{key}")
+    else:
+        assert type(x) is type(y) and x == y, (where, x, y)
 
 
 def wait_for(predicate, proc: subprocess.Popen, what: str, limit: float = 300) -> None:
