@@ -104,3 +104,31 @@ def test_the_tools_and_flags_the_docs_name_exist():
         text = proc.communicate(timeout=120)[0]
         missing = sorted(f for f in tools[name] if f not in text)
         assert proc.returncode == 0 and not missing, f"tools/{name}.py: {missing}"
+
+
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+
+
+def test_the_timm_pages_snippets_run_as_written(tmp_path, monkeypatch):
+    """docs/timm.md's code, run as a user would: the second block beside the export its
+    comment makes (a trained mlit_tiny's, with its own statistics)."""
+    import pytest
+    import torch
+
+    pytest.importorskip("timm")
+    import mlit
+    from mlit import export as export_cli
+
+    blocks = python_blocks(ROOT / "docs" / "timm.md")
+    assert len(blocks) == 2
+    model = mlit.create_model("mlit_tiny", num_classes=10)
+    torch.save({"model": model.state_dict(), "kind": "finetune", "model_name": "mlit_tiny",
+                "model_config": vars(model.cfg), "epoch": 1,
+                "normalization": {"mean": [0.3] * 3, "std": [0.4] * 3}}, tmp_path / "run.pt")
+    assert export_cli.main([str(tmp_path / "run.pt"), str(tmp_path / "model.safetensors")]) == 0
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "docs/timm.md", "exec"), {})
+    scope = {}
+    exec(compile(blocks[1], "docs/timm.md", "exec"), scope)
+    assert scope["config"]["mean"] == (0.3,) * 3 and scope["config"]["input_size"] == (3, 12, 12)

@@ -32,4 +32,5 @@ class GroupedQueryAttention(nn.Module):
         k = self.k_proj(x).view(B, N, self.num_kv_groups, self.head_dim).transpose(1, 2)  # (B,G,N,hd)
         v = self.v_proj(x).view(B, N, self.num_kv_groups, self.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.num_kv_groups != self.num_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, N, -1))
+        # explicit sizes: -1 is undefined for a batch of 0 images
+        return self.o_proj(out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))

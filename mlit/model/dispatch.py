@@ -41,6 +41,11 @@ import sys
 
 import torch
 
+try:  # fx's symbolic tracing alone (newer torch; the older name also answers under export)
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
+except ImportError:
+    from torch.fx._symbolic_trace import is_fx_tracing
+
 from mlit.kernels.support import TRITON_ARRANGEMENTS, kernel_dtype
 from mlit.model.kernel_check import KernelFault, check_device
 from mlit.model.mixtures import SHARED, dense_expert_mixture, torch_expert_mixture
@@ -102,8 +107,30 @@ def kernel_trusted(device: torch.device, dtype: torch.dtype, shared: str,
     return trusted
 
 
+def capturing_graph() -> bool:
+    """Whether torch.fx, torch.jit.trace or torch.export is recording the model as a graph.
+    The sparse mixture's shapes depend on the routing, which a graph cannot hold, so a
+    recorded graph computes the dense mixture: the same function of the same weights
+    (unrouted experts are multiplied by a gate of exactly 0), equal within rounding."""
+    return (torch.jit.is_tracing() or is_fx_tracing()
+            or torch.compiler.is_exporting())
+
+
 def expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2", impl: str = "auto"):
-    """Combine the routed SwiGLU experts of one layer; see the module docstring."""
+    """Combine the routed SwiGLU experts of one layer; see the module docstring. Eager
+    PyTorch takes `impl`; a scripted model and a recorded graph (capturing_graph) the dense
+    mixture."""
+    if torch.jit.is_scripting():
+        return dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared)
+    else:
+        return dispatch(x, gates, w, b, v, c, w2, b2, shared, impl)
+
+
+@torch.jit.unused
+def dispatch(x, gates, w, b, v, c, w2, b2, shared: str, impl: str) -> torch.Tensor:
+    """expert_mixture in eager PyTorch: the implementation `impl` resolves to."""
+    if capturing_graph() or x.device.type == "meta":  # the meta device has no routing
+        return dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared)
     if shared not in SHARED:
         raise ValueError(f"shared={shared!r}: must be one of {', '.join(SHARED)}")
     impl = resolve_impl(impl, x, shared)

@@ -5,13 +5,12 @@ sections 1-7).
     python -c "import mlit, torch; m = mlit.create_model('mlit_s'); print(m(torch.randn(2, 3, 36, 36))[0].shape)"
 """
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 
 from mlit.model.attention import GroupedQueryAttention
 from mlit.model.config import MLiTConfig
+from mlit.model.dispatch import capturing_graph
 from mlit.model.moe import MoELayer
 
 
@@ -37,23 +36,37 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, cfg: MLiTConfig):
         super().__init__()
-        self.patch_size = cfg.patch_size
+        self.patch_size, self.image_size, self.in_channels = (
+            cfg.patch_size, cfg.image_size, cfg.in_channels)
         self.proj = nn.Linear(cfg.patch_dim, cfg.embed_dim, bias=False)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_images(imgs)
         patches = patchify(imgs, self.patch_size)  # (B, 144, 27)
         dummy = patches.new_zeros(patches.shape[0], 1, patches.shape[2])
         patches = torch.cat([patches, dummy], dim=1)  # (B, 145, 27), dummy last
         return self.proj(patches) + self.pos_embed  # (B, 145, d)
 
+    @torch.jit.unused
+    def check_images(self, imgs: torch.Tensor) -> None:
+        """The images the model was built for, or a ValueError that says what it takes (a
+        recorded graph checks its inputs' shapes when it runs)."""
+        if capturing_graph():
+            return
+        C, S = self.in_channels, self.image_size
+        if imgs.dim() != 4 or tuple(imgs.shape[1:]) != (C, S, S):
+            raise ValueError(f"the model takes images (B, {C}, {S}, {S}) (in_channels={C}, "
+                             f"image_size={S}); got {tuple(imgs.shape)}")
+
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop a residual branch for whole samples, rescale the survivors."""
+    """Stochastic depth: drop a residual branch for whole images, rescale the survivors."""
     if p == 0.0 or not training:
         return x
-    keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1 - p)
+    keep = x.new_empty(x.shape[0], 1, 1).bernoulli_(1 - p)  # tokens (B, N, d)
     return x * keep / (1 - p)
 
 
@@ -98,7 +111,10 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
-        y, aux = (self.mlp if hasattr(self, "mlp") else self.moe)(self.norm2(x))
+        if hasattr(self, "mlp"):  # resolved when TorchScript compiles the layer
+            y, aux = self.mlp(self.norm2(x))
+        else:
+            y, aux = self.moe(self.norm2(x))
         return x + drop_path(y, self.drop_path_rate, self.training), aux
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 SHARED = ("v_w2", "w_w2", "w_v")
 
 
-def _own_and_common(shared, w, b, v, c):
+def _own_and_common(shared: str, w, b, v, c):
     """(own weight, own bias, common weight, common bias, swish on the own side) for the
     arrangements whose W2 is shared."""
     if shared == "v_w2":
@@ -19,7 +19,7 @@ def _own_and_common(shared, w, b, v, c):
     return v, c, w, b, False
 
 
-def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared="v_w2"):
+def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
     """Sparse reference: expert e only sees the tokens routed to it."""
     if shared == "w_v":
         hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)  # (N, h), shared
@@ -47,7 +47,7 @@ def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared="v_w2"):
     return F.linear(value * mixed, w2, b2)
 
 
-def dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared="v_w2"):
+def dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
     """Every expert on every token: one GEMM, then a gated sum."""
     if shared == "w_v":
         E, h, d = w2.shape

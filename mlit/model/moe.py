@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mlit.model.dispatch import expert_mixture
+from mlit.model.dispatch import expert_mixture, is_fx_tracing
 from mlit.model.mixtures import SHARED
 
 
@@ -39,18 +39,34 @@ def global_sum(values: torch.Tensor) -> torch.Tensor:
     """The sum over every process of a data-parallel run (torch.distributed's default group),
     with its gradient, so that the balancing losses are those of the global batch and do not
     depend on how many GPUs share it (docs/distributed.md); the tensor itself in one process."""
+    if torch.jit.is_scripting():  # a scripted model runs in one process
+        return values
     if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() \
             and dist.get_world_size() > 1:
         return _SumOverRanks.apply(values)
     return values
 
 
+def autocast_on(x: torch.Tensor) -> bool:
+    """Whether autocast is on for x's device (never on the meta device)."""
+    return x.device.type in ("cpu", "cuda", "xpu", "mps", "hpu") \
+        and torch.is_autocast_enabled(x.device.type)
+
+
 def cv_squared(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Squared coefficient of variation over experts: population var / (mean^2 + eps), fp32."""
-    x = x.float()
-    if x.numel() <= 1:
-        return x.new_zeros(())
+    """Squared coefficient of variation over experts: population var / (mean^2 + eps), in at
+    least fp32 (one expert: a variance of 0, so 0)."""
+    x = x.to(routing_dtype(x))
     return x.var(unbiased=False) / (x.mean() ** 2 + eps)
+
+
+def routing_dtype(x: torch.Tensor) -> torch.dtype:
+    """Routing runs in fp32 (fp64 for a float64 model): top-k ties and the normal CDF are
+    touchy in half precision."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+torch.fx.wrap("routing_dtype")  # a node of its own in an fx graph, which reads x's dtype then
 
 
 class NoisyTopKGate(nn.Module):
@@ -75,32 +91,48 @@ class NoisyTopKGate(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, d) -> gates (N, E) with k non-zeros per row, aux loss (), tokens per expert (E,).
 
-        Routing runs in fp32 even under autocast: top-k ties and the normal CDF are touchy.
+        Routing runs in fp32 even under autocast (routing_dtype), so autocast is turned off
+        around it where it is on.
         """
-        with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
-            clean = x @ self.w_gate  # c = x Wg
-            use_noise = self.noisy and self.training
-            if use_noise:
-                noise_std = F.softplus(x @ self.w_noise) + self.noise_epsilon  # s
-                logits = clean + torch.randn_like(clean) * noise_std  # h = c + eps * s
-            else:
-                logits = clean
-            k = self.top_k
-            top_vals, top_idx = logits.topk(min(k + 1, self.num_experts), dim=1)
-            top_k_gates = F.softmax(top_vals[:, :k], dim=1)
-            gates = torch.zeros_like(logits).scatter(1, top_idx[:, :k], top_k_gates)
+        if torch.jit.is_scripting():  # a scripted model runs without autocast
+            return self.route(x)
+        else:
+            return self.route_outside_autocast(x)
 
-            # sums over the global batch: under torchrun every rank's tokens count
-            # (docs/distributed.md), so the losses are those of one process at that batch
-            importance = global_sum(gates.sum(0))
-            if use_noise and k < self.num_experts:
-                load = self.load_probability(clean, logits, noise_std, top_vals).sum(0)
-            else:  # without noise the load is the (non-differentiable) routed count
-                load = (gates > 0).float().sum(0)
-            load = global_sum(load)
-            aux = (self.importance_weight * cv_squared(importance, self.cv_epsilon)
-                   + self.load_weight * cv_squared(load, self.cv_epsilon))
+    @torch.jit.unused
+    def route_outside_autocast(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                torch.Tensor]:
+        if is_fx_tracing() or not autocast_on(x):  # fx records no autocast context
+            return self.route(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.route(x)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dtype = routing_dtype(x)
+        x = x.to(dtype)
+        clean = x @ self.w_gate.to(dtype)  # c = x Wg
+        use_noise = self.noisy and self.training
+        noise_std = clean  # read only with noise
+        if use_noise:
+            noise_std = F.softplus(x @ self.w_noise.to(dtype)) + self.noise_epsilon  # s
+            logits = clean + torch.randn_like(clean) * noise_std  # h = c + eps * s
+        else:
+            logits = clean
+        k = self.top_k
+        top_vals, top_idx = logits.topk(min(k + 1, self.num_experts), dim=1)
+        top_k_gates = F.softmax(top_vals[:, :k], dim=1)
+        gates = torch.zeros_like(logits).scatter(1, top_idx[:, :k], top_k_gates)
+
+        # sums over the global batch: under torchrun every rank's tokens count
+        # (docs/distributed.md), so the losses are those of one process at that batch
+        importance = global_sum(gates.sum(0))
+        if use_noise and k < self.num_experts:
+            load = self.load_probability(clean, logits, noise_std, top_vals).sum(0)
+        else:  # without noise the load is the (non-differentiable) routed count
+            load = (gates > 0).to(dtype).sum(0)
+        load = global_sum(load)
+        aux = (self.importance_weight * cv_squared(importance, self.cv_epsilon)
+               + self.load_weight * cv_squared(load, self.cv_epsilon))
         return gates, aux, (gates > 0).sum(0).detach()
 
     def load_probability(self, clean, noisy, noise_std, top_vals) -> torch.Tensor:
@@ -144,17 +176,24 @@ class SharedSwiGLUExperts(nn.Module):
         if self.owned != "w2":
             self.out_proj = nn.Linear(hidden, dim)  # W2, b2 (shared)
 
-    def projections(self) -> tuple[torch.Tensor, ...]:
+    def projections(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                   torch.Tensor, torch.Tensor]:
         """(W, b, V, c, W2, b2) in mlit.model.dispatch's order and layouts."""
-        own = (self.expert_weight, self.expert_bias)
-        w = own if self.owned == "w" else (self.swish_proj.weight, self.swish_proj.bias)
-        v = own if self.owned == "v" else (self.value_proj.weight, self.value_proj.bias)
-        w2 = own if self.owned == "w2" else (self.out_proj.weight, self.out_proj.bias)
-        return (*w, *v, *w2)
+        # hasattr, not self.owned: TorchScript resolves it when it compiles the module
+        w, b = self.expert_weight, self.expert_bias
+        v, c = self.expert_weight, self.expert_bias
+        w2, b2 = self.expert_weight, self.expert_bias
+        if hasattr(self, "swish_proj"):
+            w, b = self.swish_proj.weight, self.swish_proj.bias
+        if hasattr(self, "value_proj"):
+            v, c = self.value_proj.weight, self.value_proj.bias
+        if hasattr(self, "out_proj"):
+            w2, b2 = self.out_proj.weight, self.out_proj.bias
+        return w, b, v, c, w2, b2
 
     def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        return expert_mixture(x, gates, *self.projections(), shared=self.shared,
-                              impl=self.impl)
+        w, b, v, c, w2, b2 = self.projections()
+        return expert_mixture(x, gates, w, b, v, c, w2, b2, shared=self.shared, impl=self.impl)
 
 
 class MoELayer(nn.Module):
@@ -176,6 +215,6 @@ class MoELayer(nn.Module):
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])  # (B*N, d)
         gates, aux, load = self.gate(tokens)
-        self.last_load = load  # tokens routed to each expert, for logging
+        self.last_load.copy_(load)  # tokens routed to each expert, for logging
         y = self.experts(tokens, gates)
         return self.dropout(y).reshape(shape), aux

@@ -1,0 +1,182 @@
+"""mLiT keeps PyTorch's contracts, as timm's ViTs do, for every registered model (mlit_* as
+mlit's classifier, mmlit_* as timm's headless backbone), in eval and in train mode:
+torch.export (strict and not, a dynamic batch), torch.fx, TorchScript (script and trace),
+torch.compile, float64 and bfloat16, the meta device, an empty batch, channels_last. Eager
+PyTorch computes the sparse mixture, a recorded graph the dense one (docs/timm.md)."""
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+
+import mlit
+from mlit.model.registry import CONFIGS
+
+HAS_TIMM = importlib.util.find_spec("timm") is not None
+MODELS = [*CONFIGS, *(f"m{name}" for name in CONFIGS)]
+CLASSES = 10
+
+
+def build(name: str) -> torch.nn.Module:
+    if name.startswith("mmlit_"):  # timm's MAE backbone: the pooled feature, no head
+        if not HAS_TIMM:
+            pytest.skip("timm is not installed")
+        import timm
+
+        return timm.create_model(name)
+    return mlit.create_model(name, num_classes=CLASSES)
+
+
+def first(out) -> torch.Tensor:
+    """The logits (mlit's classifier returns them with its MoE loss) or the features."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def images(model, n: int, **kwargs) -> torch.Tensor:
+    size = model.cfg.image_size
+    return torch.randn(n, 3, size, size, **kwargs)
+
+
+def out_width(name: str) -> int:
+    return mlit.model_config(name.removeprefix("m")).embed_dim if name.startswith("mm") \
+        else CLASSES
+
+
+def close(got, want, tol=1e-5):
+    torch.testing.assert_close(first(got), first(want), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_recorded_graph_computes_the_eager_model(name):
+    """torch.export (strict and not, a dynamic batch run at 1 and 7), fx, script and trace
+    give eager's outputs in eval; in train mode each records, runs and passes gradients to
+    every weight."""
+    torch.manual_seed(0)
+    model = build(name).eval()
+    x, batch = images(model, 2), torch.export.Dim("batch", min=1, max=64)
+    for strict in (False, True):
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},),
+                                      strict=strict).module()
+        for n in (1, 7):
+            xn = images(model, n)
+            close(program(xn), model(xn))
+    close(torch.fx.symbolic_trace(model)(x), model(x))
+    close(torch.jit.script(copy.deepcopy(model))(x), model(x))
+    x5 = images(model, 5)
+    close(torch.jit.trace(model, (x,), check_trace=False)(x5), model(x5))
+
+    model.train()
+    x3 = images(model, 3)
+    for strict in (False, True):
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},),
+                                      strict=strict).module()
+        assert first(program(x3)).shape == (3, out_width(name))
+    graphs = [torch.fx.symbolic_trace(model), torch.jit.script(copy.deepcopy(model)),
+              torch.jit.trace(model, (x,), check_trace=False)]
+    for graph in graphs:
+        out = first(graph(x3))
+        assert out.shape == (3, out_width(name)) and torch.isfinite(out).all()
+    first(graphs[0](x3)).square().mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dtypes_devices_and_batch_shapes(name):
+    """float64 and bfloat16 by .to(dtype) (outputs in that dtype; float64 within 1e-5 of
+    fp32), the meta device, a batch of 0 images, channels_last (the same logits)."""
+    torch.manual_seed(0)
+    for train in (False, True):
+        model = build(name).train(train)
+        x = images(model, 2)
+        ref = first(model(x)) if not train else None
+        wide = copy.deepcopy(model).double()
+        out = first(wide(x.double()))
+        assert out.dtype == torch.float64 and out.shape == (2, out_width(name))
+        if not train:
+            close(out.float(), ref)
+        half = first(copy.deepcopy(model).bfloat16()(x.bfloat16()))
+        assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+        empty = first(model(images(model, 0)))
+        assert empty.shape == (0, out_width(name))
+        cl = first(model(x.contiguous(memory_format=torch.channels_last)))
+        if not train:
+            close(cl, ref)
+        with torch.device("meta"):
+            on_meta = build(name).train(train)
+        out = first(on_meta(images(model, 2, device="meta")))
+        assert out.device.type == "meta" and out.shape == (2, out_width(name))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_compile_forward_and_backward(name):
+    """Dynamo captures the model (eval forward equal to eager; train forward and backward)
+    through AOT autograd; inductor's code generation is torch's own and runs once below."""
+    torch.manual_seed(0)
+    model = build(name).eval()
+    x = images(model, 2)
+    close(torch.compile(model, backend="aot_eager")(x), model(x))
+    model.train()
+    first(torch.compile(model, backend="aot_eager")(x)).square().mean().backward()
+    assert sum(p.grad is not None for p in model.parameters()) > 0
+
+
+def test_torch_compile_with_inductor():
+    torch.manual_seed(0)
+    model = mlit.create_model("mlit_micro", num_classes=CLASSES)
+    x = images(model, 4)
+    model.eval()
+    close(torch.compile(model)(x), model(x), tol=1e-4)
+    model.train()
+    first(torch.compile(model)(x)).square().mean().backward()
+    assert model.head.weight.grad is not None
+
+
+def test_eager_computes_only_the_routed_experts_a_graph_every_expert():
+    """Eager PyTorch computes each token's k experts alone (sparse dispatch: fewer FLOPs than
+    every expert on every token); a recorded graph computes every expert and multiplies it
+    by its gate, exactly the dense implementation's FLOPs, for the same logits."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(model, x):
+        with FlopCounterMode(display=False) as counter:
+            out = first(model(x))
+        return counter.get_total_flops(), out
+
+    torch.manual_seed(0)
+    model = mlit.create_model("mlit_tiny", num_classes=CLASSES).eval()
+    dense = mlit.create_model("mlit_tiny", num_classes=CLASSES, moe_impl="dense").eval()
+    dense.load_state_dict(model.state_dict())
+    x = images(model, 4)
+    eager, logits = flops(model, x)
+    graph, graph_logits = flops(torch.fx.symbolic_trace(model), x)
+    assert eager < graph == flops(dense, x)[0]
+    close(graph_logits, logits)
+
+
+def test_onnx_export_through_torch_export_of_a_module_around_mlit(tmp_path):
+    """torch.onnx's exporter (dynamo=True) on a user's module that wraps mLiT: the file runs
+    in ONNX Runtime and gives PyTorch's logits within 1e-4, at a batch it was not traced at."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = mlit.create_model("mlit_micro", num_classes=CLASSES)
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            logits, _ = self.backbone(x)
+            return logits.softmax(-1) * self.scale
+
+    torch.manual_seed(0)
+    model = Wrapper().eval()
+    x = images(model.backbone, 2)
+    path = tmp_path / "wrapped.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x5 = images(model.backbone, 5)
+    got = session.run(None, {session.get_inputs()[0].name: x5.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), model(x5), rtol=1e-4, atol=1e-4)
