@@ -4,11 +4,26 @@ Importing mlit imports torch and the model alone; mlit.load reads model files wh
 and timm sees mLiT's models once timm itself is imported (docs/timm.md).
 """
 
-from mlit.inference.timm_hook import register_when_timm_loads
-from mlit.model.config import MLiTConfig
-from mlit.model.encoder import MLiT, MLiTEncoder
-from mlit.model.mae import MaskedAutoEncoder
-from mlit.model.registry import CONFIGS, create_mae, create_model, model_config
+import os
+import sys
+
+# A command (python -m mlit.train|zoo|shape|..., and the processes torchrun starts for one)
+# lets OpenMP's idle threads spin briefly, then sleep: with OpenMP's default (GNU OpenMP spins
+# for 300,000 rounds) a run beside another torch process on the same cores took 20x its time
+# alone, its threads spinning against the other's; a short spin keeps it under 2x and costs
+# a few percent alone (docs/benchmarks.md, tools/bench_contention.py). Set before torch loads
+# OpenMP, so here; a user's own setting, and a program that imports mlit as a library, are
+# left alone.
+SPIN_ROUNDS = "4000"
+if sys.argv[:1] == ["-m"] and "torch" not in sys.modules and \
+        "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_ROUNDS)
+
+from mlit.inference.timm_hook import register_when_timm_loads  # noqa: E402
+from mlit.model.config import MLiTConfig  # noqa: E402
+from mlit.model.encoder import MLiT, MLiTEncoder  # noqa: E402
+from mlit.model.mae import MaskedAutoEncoder  # noqa: E402
+from mlit.model.registry import CONFIGS, create_mae, create_model, model_config  # noqa: E402
 
 
 def load(path):

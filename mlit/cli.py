@@ -80,6 +80,18 @@ def say(prog: str, err: BaseException, status: int, line: str) -> None:
 
 
 # -- numeric flags ----------------------------------------------------------------------------
+def model_names(text: str) -> list[str]:
+    """An argparse type: a comma list of registered model names (mlit.CONFIGS)."""
+    from mlit.model.registry import CONFIGS
+
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{(unknown or [text])[0]!r} is not a model; choose "
+                                         f"from {', '.join(CONFIGS)}")
+    return names
+
+
 def number(kind=float, low: float | None = None, high: float | None = None,
            low_open: bool = False):
     """An argparse type: a finite `kind` in [low, high] (low excluded when low_open)."""

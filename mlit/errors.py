@@ -17,6 +17,7 @@ This module imports nothing of mlit, so every layer can raise these.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 DONE, FAULT, BAD_INPUT, WORK_LEFT = 0, 1, 2, 3
@@ -72,11 +73,23 @@ class Interrupted(KeyboardInterrupt):
                  + (f" {self.where}" if self.where else "")]
         if self.last_good:
             parts.append(f"the last checkpoint is {self.last_good}")
-        parts.append(self.resume)
+        if self.resume:  # empty where a command writes nothing (a plan)
+            parts.append(self.resume)
         return "; ".join(parts)
 
     def __str__(self) -> str:
         return self.line()
+
+
+@contextlib.contextmanager
+def nothing_to_resume():
+    """An interrupt of work that writes nothing (a plan, a status) says where it stopped and
+    nothing about resuming."""
+    try:
+        yield
+    except Interrupted as err:
+        err.resume = ""
+        raise
 
 
 def first_line(err: BaseException, limit: int = 120) -> str:

@@ -26,7 +26,7 @@ import json
 import sys
 
 from mlit.cli import run_command
-from mlit.inference.evaluation import evaluate_file, summary_lines
+from mlit.files.modelfile import model_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args) -> int:
+    model_path(args.checkpoint)  # a missing file is named before the evaluation loads
+    from mlit.inference.evaluation import evaluate_file, summary_lines
+
     result = evaluate_file(args.checkpoint, args.overrides, args.out)
     if args.json:
         print(json.dumps({k: v for k, v in result.items()

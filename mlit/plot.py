@@ -18,15 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
 from mlit.cli import run_command
-from mlit.errors import BadInput  # noqa: E402
+from mlit.errors import BadInput
 from mlit.files.paths import output_folder
-from mlit.files.records import read_epochs  # noqa: E402
+from mlit.files.records import read_epochs
 
 PRETRAINING = ("pretrain", "simclr")
 
@@ -48,6 +43,12 @@ def series(records: list[dict], stages, key: str) -> tuple[list[int], list[float
 def figure(path: Path, runs: dict[str, list[dict]], lines, title: str, ylabel: str,
            loglog: bool = False) -> bool:
     """One PNG with a line per (run, stages, key, style, label) of `lines`; False if empty."""
+    import matplotlib  # here, not at the top: --help and a wrong folder answer without it
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     drawn = 0
     for color, (name, records) in enumerate(runs.items()):
@@ -64,6 +65,8 @@ def figure(path: Path, runs: dict[str, list[dict]], lines, title: str, ylabel: s
         if loglog:
             ax.set_xscale("log")
             ax.set_yscale("log")
+        else:  # epochs are whole numbers
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
@@ -91,8 +94,9 @@ def plot_runs(runs: dict[str, list[dict]], out: Path) -> list[Path]:
         ("loss.png", [(classifier, "train_loss", "-", "train"),
                       (classifier, "test_loss", "o--", "test")],
          "Classification loss", "loss", False),
-        ("lr.png", [(every, "train_lr", "-", "")], "Learning rate (end of epoch)",
-         "learning rate", False),
+        ("lr.png", [((stage,), "train_lr", "--" if stage in PRETRAINING else "-", stage)
+                    for stage in every],  # a line a stage: each has its own schedule
+         "Learning rate (end of epoch)", "learning rate", False),
     ]:
         if figure(out / name, runs, lines, title, ylabel, loglog):
             made.append(out / name)

@@ -29,8 +29,9 @@ import sys
 from mlit import distributed
 from mlit.cli import number, run_command
 from mlit.recipe.schema import load_recipe
-from mlit.training.launcher import Nodes, launch
-from mlit.training.recipe_run import run
+
+# the runner and the launcher (torchvision, torch.distributed's elastic agent) are imported
+# when a run starts, so that --help and a bad recipe answer in the time torch takes to load
 
 
 def launcher_parser() -> argparse.ArgumentParser:
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     if any(a.startswith("--") for a in argv):
         args = launcher_parser().parse_intermixed_args(argv)
+        from mlit.training.launcher import Nodes, launch
+
         nodes = Nodes(args.nproc_per_node, args.nnodes, args.rdzv_backend, args.rdzv_endpoint,
                       args.rdzv_id, args.node_rank)
         argv = [args.recipe, *args.overrides]
@@ -66,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         distributed.init()  # under torchrun: first, so that ranks agree on what they report
-        summary = run(distributed.agreed(lambda: load_recipe(argv[0], argv[1:])))
+        recipe = distributed.agreed(lambda: load_recipe(argv[0], argv[1:]))
+        from mlit.training.recipe_run import run
+
+        summary = run(recipe)
         if distributed.world().writer:
             print(json.dumps({k: v for k, v in summary.items() if k != "stages"}))
         return 0

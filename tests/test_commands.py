@@ -25,6 +25,7 @@ from mlit import eval as eval_cli
 from mlit import export as export_cli
 from mlit import plot as plot_cli
 from mlit import train as train_cli
+from mlit.files import checkpoint as ckpt
 from mlit.files.checkpoint import CheckpointError
 from mlit.shape import __main__ as shape_cli
 from mlit.zoo import __main__ as zoo_cli
@@ -265,13 +266,63 @@ def test_numeric_flags_are_checked_for_their_range(command, args, words, capsys)
     assert_one_line(command, args, capsys, 2, words)
 
 
+def tool(name: str):
+    """tools/<name>.py as a module, imported from its file as `python tools/<name>.py` runs it
+    (its siblings importable by name)."""
+    import importlib.util
+
+    folder = Path(__file__).parents[1] / "tools"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"tool_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+@pytest.mark.parametrize("name, args, words", [
+    ("bench_onnx_chunks", ["--models", "nosuch"], "argument --models: 'nosuch' is not a model"),
+    ("bench_onnx_chunks", ["--threads", "0"], "argument --threads: '0' is not an integer of "
+                                              "at least 1"),
+    ("bench_onnx_chunks", ["--threads", "-1"], "argument --threads: '-1'"),
+    ("bench_onnx_attention", ["--model", "nosuch"], "argument --model: invalid choice"),
+    ("bench_onnx_attention", ["--batch", "0"], "argument --batch: '0' is not an integer"),
+    ("bench_onnx_attention", ["--batch", "-4"], "argument --batch: '-4' is not an integer"),
+    ("bench_infer", ["--threads", "zero"], "argument --threads: 'zero' is not an integer"),
+    ("bench_peak", ["--threads", "0"], "argument --threads: '0' is not an integer"),
+    ("bench_startup", ["--repeat", "0"], "--repeat 0: must be at least 1"),
+    ("bench_contention", ["--epochs", "0"], "--epochs 0: must be at least 1"),
+])
+def test_the_tools_flags_are_checked_before_any_work(name, args, words, capsys):
+    with pytest.raises(SystemExit) as stop:
+        tool(name).main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(f"{name}.py: error: ") or ": error: " in err[-1], err
+    assert words in err[-1], err
+
+
+def test_check_layers_without_the_dev_extra_is_one_line(capsys, monkeypatch):
+    import importlib.util
+
+    module = tool("check_layers")
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "importlinter" else found(name, *a))
+    assert module.main([]) == 2
+    assert capsys.readouterr().err == ("check_layers: import-linter is not installed: "
+                                       "pip install -e '.[dev]'\n")
+
+
 # -- 6. weights that hold NaN or infinity --------------------------------------------------------
 def test_weights_with_nan_or_infinity_are_refused(run, tmp_path, capsys):
     state = torch.load(run / "finetune" / "checkpoint.pt", weights_only=False)
     name = next(iter(state["model"]))
     state["model"][name] = state["model"][name].clone().fill_(float("nan"))
-    (tmp_path / "nan").mkdir()
-    torch.save(state, tmp_path / "nan" / "checkpoint.pt")
+    (tmp_path / "nan").mkdir()  # as a run that diverged before it saved would write it
+    ckpt.save_atomic(state, tmp_path / "nan" / "checkpoint.pt")
     assert_one_line("eval", [str(tmp_path / "nan" / "checkpoint.pt"), "data.dataset=digits"],
                     capsys, 2, f"tensor {name} holds NaN")
     tensors = load_file(str(run / "model.safetensors"))
@@ -343,6 +394,7 @@ def wait_for_epoch(out: Path, proc: subprocess.Popen, stage: str, epoch: int) ->
     raise AssertionError(f"no {stage} epoch {epoch} in time: {proc.communicate()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
         tmp_path, signum, status):

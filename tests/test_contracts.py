@@ -14,7 +14,10 @@ import mlit
 from mlit.model.registry import CONFIGS
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
-MODELS = [*CONFIGS, *(f"m{name}" for name in CONFIGS)]
+# every registered model; the quick tier (-m "not slow") keeps the smallest of each kind
+MODELS = [name if name in ("mlit_micro", "mmlit_micro") else
+          pytest.param(name, marks=pytest.mark.slow)
+          for name in [*CONFIGS, *(f"m{name}" for name in CONFIGS)]]
 CLASSES = 10
 
 
@@ -121,6 +124,7 @@ def test_torch_compile_forward_and_backward(name):
     assert sum(p.grad is not None for p in model.parameters()) > 0
 
 
+@pytest.mark.slow
 def test_torch_compile_with_inductor():
     torch.manual_seed(0)
     model = mlit.create_model("mlit_micro", num_classes=CLASSES)

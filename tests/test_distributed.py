@@ -17,6 +17,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+pytestmark = pytest.mark.slow  # processes of their own: the full suite, not the quick tier
+
 ROOT = Path(__file__).parents[1]
 # no randomness that depends on how the batch is split: no augmentation, no gate noise, no
 # dropout; SGD, whose update does not magnify float noise on zero gradients as Adam's does

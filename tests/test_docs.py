@@ -5,6 +5,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 SUFFIXES = (".py", ".md", ".yaml", ".toml")
 
@@ -87,6 +89,7 @@ def test_the_commands_and_flags_the_docs_name_exist():
         assert not missing, f"python -m {prog} {sub}: the docs name {missing}, it has none"
 
 
+@pytest.mark.slow
 def test_the_tools_and_flags_the_docs_name_exist():
     import os
     import sys
@@ -113,7 +116,6 @@ def python_blocks(page: Path) -> list[str]:
 def test_the_timm_pages_snippets_run_as_written(tmp_path, monkeypatch):
     """docs/timm.md's code, run as a user would: the second block beside the export its
     comment makes (a trained mlit_tiny's, with its own statistics)."""
-    import pytest
     import torch
 
     pytest.importorskip("timm")

@@ -83,6 +83,7 @@ def test_a_second_runner_on_a_locked_folder_names_the_holder(tmp_path, capsys):
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= done
 
 
+@pytest.mark.slow
 def test_a_zoo_runner_skips_models_another_runner_holds(tmp_path, capsys):
     from test_zoo import write_recipe
 
@@ -99,6 +100,7 @@ def test_a_zoo_runner_skips_models_another_runner_holds(tmp_path, capsys):
     assert run_local(zoo_dir, [held]) == {"done": [held.path]}
 
 
+@pytest.mark.slow
 def test_two_zoo_runners_on_one_folder_train_every_model_once(tmp_path):
     from test_zoo import write_recipe
 
@@ -152,6 +154,43 @@ def test_finetune_init_of_another_model_names_both_models(tmp_path, capsys):
         assert f"{tmp_path / name}" in line and words in line, line
 
 
+def flip_bytes_of(path: Path, tensor: torch.Tensor, count: int = 200) -> None:
+    """Flip `count` bytes inside the stored bytes of `tensor` in the torch.save archive at
+    `path`, leaving the archive itself readable (torch does not check its members)."""
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    raw = tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if archive.read(info.filename) == raw:
+                header = 30 + len(info.filename.encode()) + len(info.extra)  # local header
+                start = info.header_offset + header
+                break
+        else:
+            raise AssertionError("the tensor is not stored in the archive")
+    for i in range(start, start + min(count, len(raw))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_damage_anywhere_in_a_checkpoint_is_refused_even_where_it_is_not_read(tmp_path, capsys):
+    """linprobe.init reads a pre-training checkpoint's encoder alone: 200 flipped bytes in its
+    decoder's weights are refused all the same (the digest of every tensor, written with it)."""
+    source = pretrained_checkpoint(tmp_path)
+    state = torch.load(source, weights_only=True)
+    name = max((k for k in state["model"] if k.startswith("decoder.")),
+               key=lambda k: state["model"][k].numel())
+    flip_bytes_of(source, state["model"][name])
+    assert torch.load(source, weights_only=True)["model"][name].ne(state["model"][name]).any()
+    args = ["recipes/quickstart_linprobe.yaml", f"train.out={tmp_path}/probe",
+            "model.name=mlit_micro", "train.progress=false", f"linprobe.init={source}"]
+    assert main(args) == 2
+    assert one_line(capsys) == (
+        f"mlit.train: {source}: its tensors do not match the tensors_sha256 written with them: "
+        "the file is damaged (use an earlier checkpoint, or train again)")
+
+
 def test_a_damaged_resume_checkpoint_is_one_line(tmp_path, capsys):
     run(tiny_recipe(tmp_path, SUPERVISED, train={"stop_after_epochs": 1}))
     path = tmp_path / "supervised" / "checkpoint.pt"
@@ -160,6 +199,7 @@ def test_a_damaged_resume_checkpoint_is_one_line(tmp_path, capsys):
         run(tiny_recipe(tmp_path, SUPERVISED))
 
 
+@pytest.mark.slow
 def test_resuming_with_another_recipe_is_refused_until_asked(tmp_path, capsys, straight):
     out = tmp_path / "run"
     base = [f"train.out={out}"]
@@ -191,6 +231,7 @@ def test_resuming_with_another_recipe_is_refused_until_asked(tmp_path, capsys, s
     assert ckpt.load(out / "supervised" / "checkpoint.pt")["model_config"]["hidden_last"] == 2
 
 
+@pytest.mark.slow
 def test_a_partial_last_metrics_line_is_dropped_and_resume_is_exact(tmp_path, capsys,
                                                                    straight):
     run(tiny_recipe(tmp_path, SUPERVISED, train={"stop_after_epochs": 2}))
@@ -236,6 +277,7 @@ def can_mount() -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs in a user namespace "
                                             "(unshare -rm) is not permitted here")
 def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path):

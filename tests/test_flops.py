@@ -45,3 +45,20 @@ def test_active_parameters_leave_out_the_unrouted_experts():
     unrouted = sum((e - cfg.top_k) * (d * h + h)
                    for h, e in zip(cfg.hidden_sizes(), cfg.experts_per_layer()))
     assert active_params(cfg) == total - unrouted == 1_948_590
+
+
+@pytest.mark.parametrize("kind", ["supervised", "pretrain", "simclr", "linprobe"])
+@pytest.mark.parametrize("shared", ["v_w2", "w_v"])
+def test_the_meta_device_count_is_the_count_of_a_real_sparse_step(kind, shared):
+    """training_flops counts on the meta device (no arithmetic, a sweep's plan in seconds):
+    the same FLOPs as a real step on the CPU, whose sparse dispatch routes real tokens."""
+    import torch
+
+    from mlit.model import flops
+
+    cfg = mlit.model_config("mlit_micro", num_classes=10, shared=shared, top_k=2)
+    torch.manual_seed(0)
+    model = flops.module_for(kind, cfg.replace(moe_impl="torch")).train()
+    images = torch.randn(2 * flops.VIEWS.get(kind, 1), 3, 12, 12)
+    real = flops.count(lambda: flops.scalar_output(model(images)).backward()) / 2
+    assert training_flops(cfg, kind) == real

@@ -74,7 +74,7 @@ def test_a_folder_of_mixed_images_trains_and_its_classes_travel(tmp_path, capsys
     capsys.readouterr()
     assert eval_cli.main([str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
-    assert "folder test split, 12 images" in out
+    assert "folder val/ split, 12 images" in out  # a folder dataset tests on val/
     assert any(f": {name})" in out for name in CLASSES), out  # per-class lines name classes
     result = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert result["classes"] == CLASSES

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes of their own: the full suite, not the quick tier
+
 ROOT = Path(__file__).parents[1]
 TOOL = ROOT / "tools" / "gpu_check.py"
 PARTS = ["env", "kernel", "train", "bench", "profile"]

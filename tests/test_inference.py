@@ -35,6 +35,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_runs_accuracy_and_draws_its_figures(quickstart, capsys):
     summary = json.loads((quickstart / "summary.json").read_text())
     checkpoint = quickstart / "finetune" / "checkpoint.pt"
@@ -91,6 +92,7 @@ def test_export_and_load_give_identical_logits(quickstart, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["top1"] == summary["test_acc"]
 
 
+@pytest.mark.slow
 def test_an_encoder_only_export_starts_a_finetune(quickstart, tmp_path, capsys):
     encoder = tmp_path / "encoder.safetensors"
     assert mlit_export.main([str(quickstart / "pretrain" / "checkpoint.pt"), str(encoder),
@@ -156,7 +158,7 @@ def test_class_names_the_font_lacks_draw_without_warnings(tmp_path, recwarn):
 
     warnings.simplefilter("always")
     names = ["猫", "🐶", "bird"]
-    plot_confusion(tmp_path / "confusion.png", [[2, 0, 0], [0, 1, 1], [0, 0, 3]], names)
-    plot_experts(tmp_path / "experts.png", [[[0.5, 0.5], [0.2, 0.8], [1.0, 0.0]]], names)
+    plot_confusion(tmp_path / "confusion.png", [[2, 0, 0], [0, 1, 1], [0, 0, 3]], names, "m")
+    plot_experts(tmp_path / "experts.png", [[[0.5, 0.5], [0.2, 0.8], [1.0, 0.0]]], names, "m")
     assert (tmp_path / "confusion.png").stat().st_size and (tmp_path / "experts.png").exists()
     assert not [w for w in recwarn if "missing from" in str(w.message)]

@@ -21,6 +21,8 @@ from mlit.train import main as train
 
 from helpers import PREEMPT, STEPS, assert_same_run, checkpoint, wait_for
 
+pytestmark = pytest.mark.slow  # processes of their own: the full suite, not the quick tier
+
 ROOT = Path(__file__).parents[1]
 LAUNCH = ["--nproc-per-node", "2"]
 
@@ -141,3 +143,23 @@ def test_a_mistyped_flag_is_named(capsys):
         train(["recipes/quickstart.yaml", "--out", "runs/x"])
     assert stop.value.code == 2
     assert "unrecognized arguments: --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT: the node that hosts the "
+                        "rendezvous, the same on every node"),
+    (["--rdzv-endpoint", "localhost:abc"], "--rdzv-endpoint 'localhost:abc': expected "
+                                           "HOST:PORT with a port from 1 to 65535"),
+    (["--rdzv-endpoint", "localhost:99999"], "--rdzv-endpoint 'localhost:99999': expected"),
+    (["--rdzv-endpoint", ":29500"], "--rdzv-endpoint ':29500': expected HOST:PORT"),
+    (["--rdzv-backend", "static", "--nnodes", "2", "--rdzv-endpoint", "localhost:29500",
+      "--node-rank", "5"], "--node-rank 5: must be below --nnodes 2 (0 to 1)"),
+    (["--node-rank", "1", "--nnodes", "2", "--rdzv-endpoint", "localhost:29500"],
+     "--node-rank 1: a c10d rendezvous gives each node its rank"),
+])
+def test_launcher_flags_that_do_not_fit_are_one_line_before_any_process(recipe, tmp_path,
+                                                                        capsys, flags, line):
+    assert train([*LAUNCH, *flags, str(recipe), f"train.out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mlit.train: {line}"), err
+    assert not (tmp_path / "run").exists()

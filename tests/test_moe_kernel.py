@@ -135,6 +135,7 @@ def test_auto_picks_triton_on_cuda_and_torch_elsewhere():
         assert resolve_impl("auto", torch.empty(1, device="cuda")) == "triton"
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_ampere_and_hopper_without_spills():
     """The real compiler (not the interpreter), ahead of time for sm_80 and sm_90: both
     kernels build to a cubin in every dtype; in the training dtypes they use tensor cores

@@ -113,6 +113,13 @@ def test_the_int8_file_loads_and_its_accuracy_is_reported(run, capsys):
     int8 = float(line.split("int8 ")[1].split(",")[0])
     fp32 = float(line.split("fp32 ")[1])
     assert 0.6 < fp32 and abs(int8 - fp32) < 0.05, line
+    # the int8 file checked as itself, against the fp32 graph it was quantised from
+    checked = next(line for line in out if line.startswith("checked the int8 file: "))
+    assert "onnx.checker full check" in checked and "at batch 1, 7 and 64" in checked
+    diff = float(checked.split("difference from the fp32 file ")[1].split(",")[0])
+    agreed = float(checked.split("top-1 class on ")[1].split("%")[0])
+    assert 0 < diff < 5 and agreed >= 80, checked
+    assert out[1].startswith("checked the fp32 graph it was quantised from: ")
     model = onnx.load(str(run / "int8.onnx"))
     assert {p.key: p.value for p in model.metadata_props}["quantized"] == "int8"
     assert any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul")
@@ -152,11 +159,14 @@ def test_an_mae_needs_encoder_only_and_the_encoder_exports(run, capsys):
     assert export_cli.main([ckpt, str(run / "mae.onnx")]) == 2
     assert "add --encoder-only" in capsys.readouterr().err
     assert export_cli.main([ckpt, str(run / "encoder.onnx"), "--encoder-only"]) == 0
+    checked = capsys.readouterr().out.splitlines()[1]  # an encoder has features, no classes
+    assert "largest feature difference" in checked and "classes" not in checked
     model = onnx.load(str(run / "encoder.onnx"))
     assert [o.name for o in model.graph.output] == ["tokens", "experts"]
     assert not (run / "mae.onnx").exists()
 
 
+@pytest.mark.slow
 def test_bench_infer_quick_runs(tmp_path):
     done = subprocess.run([sys.executable, "tools/bench_infer.py", "--quick", "--json",
                            str(tmp_path / "b.json")], cwd=ROOT, capture_output=True,

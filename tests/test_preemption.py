@@ -21,6 +21,8 @@ from mlit.training.stage import StageRun
 
 from helpers import PREEMPT, STEPS, assert_same_run, checkpoint, wait_for
 
+pytestmark = pytest.mark.slow  # processes of their own: the full suite, not the quick tier
+
 ROOT = Path(__file__).parents[1]
 
 

@@ -28,6 +28,7 @@ def encoder_of(path) -> dict:
     return modelfile.read(path).encoder_state()
 
 
+@pytest.mark.slow
 def test_the_probe_trains_its_head_alone_and_resumes_exactly(tmp_path):
     out, stopped = tmp_path / "probe", tmp_path / "stopped"
     assert train(["recipes/quickstart_linprobe.yaml", *PROBE, f"train.out={out}"]) == 0
@@ -49,6 +50,7 @@ def test_the_probe_trains_its_head_alone_and_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_probe_starts_from_an_encoder_export_or_from_random(tmp_path, capsys):
     out = tmp_path / "run"
     assert train(["recipes/quickstart.yaml", *TINY, "pretrain.epochs=1", "finetune.epochs=1",
@@ -87,6 +89,7 @@ def test_the_knn_vote_equals_a_brute_force_vote():
         assert int(ours[i]) == max(range(5), key=votes.__getitem__)
 
 
+@pytest.mark.slow
 def test_the_knn_monitor_logs_during_pretraining(tmp_path, capsys):
     out = tmp_path / "knn"
     assert train(["recipes/quickstart_linprobe.yaml", *PROBE, "linprobe=null",

@@ -66,6 +66,7 @@ def test_dotted_overrides_reach_any_field():
     ("trian.seed=1", "trian: unknown key"),
     ("finetune.epochs.max=3", "finetune.epochs: not a section"),
     ("finetune.warmup_epochs=99", "warmup_epochs=99.0 exceeds epochs=30"),
+    ("finetune.knn_every=1", "finetune.knn_every=1: the k-NN monitor watches pre-training"),
     ("noequals", "expected key=value"),
     ("model.mask_ratio=abc", "model.mask_ratio='abc': must be a finite number"),
     ("model.mask_ratio=0.0", "model.mask_ratio=0.0: must leave at least one of the 16 patches "

@@ -107,6 +107,7 @@ MICRO = {
 }
 
 
+@pytest.mark.slow
 def test_a_micro_sweep_plans_runs_fits_and_reports(tmp_path, capsys):
     recipe = tmp_path / "micro.yaml"
     recipe.write_text(yaml.safe_dump(MICRO))

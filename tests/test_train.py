@@ -26,6 +26,7 @@ PRETRAIN = {"pretrain": {"epochs": 4, "batch_size": 256, "base_lr": 4e-3, "warmu
                          "checkpoint_every": 1}}
 
 
+@pytest.mark.slow
 def test_digits_run_learns_well_above_chance(tmp_path):
     recipe = tiny_recipe(tmp_path, {"supervised": {
         "epochs": 12, "batch_size": 64, "base_lr": 4e-3, "warmup_epochs": 1, "eval_every": 4,
@@ -134,6 +135,7 @@ def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
     assert f"cifar100 not found under {tmp_path}/nothing" in err and "cifar-100-python/" in err
 
 
+@pytest.mark.slow
 def test_compiled_training_saves_plain_checkpoints(tmp_path):
     """train.compile runs the step under torch.compile (inductor; the MoE as the dense
     GEMM here); checkpoints hold the module's own names and resume into an eager model."""

@@ -181,6 +181,7 @@ def test_simclr_backbone_and_shard_waiting(tmp_path, capsys):
     assert [r["epoch"] for r in results] == [0, 1] and "test_loss" in results[1]
 
 
+@pytest.mark.slow
 def test_ray_launcher_on_a_local_cpu_cluster(tmp_path, capsys):
     pytest.importorskip("ray")
     recipe = write_recipe(tmp_path, backbones=[{"kind": "supervised", "seeds": [0]}],

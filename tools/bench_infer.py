@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlit.cli import run_command
+from mlit.cli import number, run_command
 from mlit.files.atomic import write_json
 from mlit.files.paths import output_file
 
@@ -172,6 +172,12 @@ def machine() -> str:
             f"{onnxruntime.__version__}, Python {platform.python_version()}")
 
 
+def thread_counts(text: str) -> list[int]:
+    """An argparse type: a comma list of thread counts, each at least 1."""
+    check = number(int, 1)
+    return sorted({check(t) for t in text.split(",")})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="XXS and ResNet-56, 1 thread")
@@ -179,11 +185,13 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child: measure this model
-    parser.add_argument("--threads", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=thread_counts,
+                        help="comma list of thread counts (default 1, 2 and every core; "
+                             "--quick: 1)")
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        rows = measure(args.one, [int(t) for t in args.threads.split(",")], args.quick,
+        rows = measure(args.one, args.threads, args.quick,
                        Path(args.folder))
         print(json.dumps(rows))
         if args.profile and args.one == "mlit_xxs":
@@ -198,7 +206,7 @@ def benchmark(args) -> int:
     out = output_file(args.json, "--json") if args.json else None  # before any work
     names = model_list(args.models, args.quick)
     cores = os.cpu_count() or 1
-    threads = [1] if args.quick else sorted({1, min(2, cores), cores})
+    threads = args.threads or ([1] if args.quick else sorted({1, min(2, cores), cores}))
     failed = []
     print(f"machine: {machine()}")
     lat_runs, thr_runs = (5, 2) if args.quick else (RUNS[0] // ROUNDS, RUNS[1] // ROUNDS)

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 import torch
-from onnx import TensorProto, helper
 
 import mlit
+from mlit.cli import number
 from mlit.inference.onnx_graph import GraphBuilder, attention, linear_weights
 from mlit.inference.onnx_runtime import session
 
@@ -72,6 +72,8 @@ FORMS = {"plain opset 18 (the export's)": (plain, 18),
 
 
 def form_session(form, attn, tokens: int, threads: int):
+    from onnx import TensorProto, helper  # here: --help and a wrong flag answer without onnx
+
     build, opset = FORMS[form]
     g = GraphBuilder()
     with torch.no_grad():
@@ -88,9 +90,9 @@ def form_session(form, attn, tokens: int, threads: int):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mlit_xxs")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="mlit_xxs", choices=list(mlit.CONFIGS))
+    parser.add_argument("--batch", type=number(int, 1), default=64)
+    parser.add_argument("--threads", type=number(int, 1), default=1)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = mlit.create_model(args.model).eval()

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 import mlit
+from mlit.cli import model_names, number
 from mlit.inference.onnx_chunks import CHUNK, chunked
 from mlit.inference.onnx_graph import lean_graph
 from mlit.inference.onnx_runtime import session
@@ -41,13 +41,14 @@ def images_s(runner, batch: int, rounds: int = 3) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mlit_xxs,mlit_s")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", type=model_names, default="mlit_xxs,mlit_s")
+    parser.add_argument("--threads", type=number(int, 1), default=1)
     args = parser.parse_args(argv)
+    import onnx  # here: --help and a wrong flag answer without it
     print(f"ONNX Runtime, fp32, {args.threads} thread(s), images/s (median of 3 stretches); "
           f"the export chunks by {CHUNK}")
     with tempfile.TemporaryDirectory() as folder:
-        for name in args.models.split(","):
+        for name in args.models:
             torch.manual_seed(0)
             plain = lean_graph(mlit.create_model(name).eval())
             path = Path(folder) / f"{name}.onnx"

@@ -9,10 +9,17 @@ measures a model, at the thread count it is measured at.
 - the model's work: its forward FLOPs per image as tools/param_count.py counts them (the
   sparse path for mLiT, mlit/model/flops.py), so that a graph computing more than the model
   needs never looks better; torch.utils.flop_counter for the other models.
+
+Run alone, it prints the peak at the thread counts asked:
+
+    python tools/bench_peak.py [--threads 1,2]
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -139,3 +146,24 @@ def model_flops(model: torch.nn.Module, size: int) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(2, 3, size, size))
     return counter.get_total_flops() / 2
+
+
+def main(argv=None) -> int:
+    from mlit.cli import number
+
+    check = number(int, 1)
+    parser = argparse.ArgumentParser(description="the machine's fp32 peak: a "
+                                     f"{PEAK_SIZE}^3 product in PyTorch and ONNX Runtime")
+    parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}",
+                        type=lambda text: sorted({check(t) for t in text.split(",")}),
+                        help="comma list of thread counts (default 1 and every core)")
+    args = parser.parse_args(argv)
+    print(f"fp32 GFLOP/s of a {PEAK_SIZE}^3 product, the best of three stretches")
+    for threads in args.threads:
+        found = square_peak(threads)
+        print(f"{threads} thread(s): " + ", ".join(f"{k} {v:.1f}" for k, v in found.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout to check")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("importlinter") is None:
+        print("check_layers: import-linter is not installed: pip install -e '.[dev]'",
+              file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="mlit-layers-") as tmp:
         status = lint_imports(staged_package(args.tree, Path(tmp)))
     problems = tool_problems(args.tree)

@@ -7,6 +7,7 @@ holds is described in docs/architecture.md ("Files").
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import warnings
@@ -29,7 +30,43 @@ class CheckpointError(BadInput):
     """A checkpoint or model file that is missing, damaged or not the one expected."""
 
 
+# every tensor's bytes, hashed when a checkpoint is written and checked when it is read: a
+# zip archive from torch.save does not check its own members, so flipped bytes in weights a
+# reader never uses (a pre-training's decoder under linprobe) would otherwise pass silently
+DIGEST = "tensors_sha256"
+
+
+def weights_digest(named_bytes) -> str:
+    """sha256 over (name, bytes) of every tensor, in name order: what an export carries in
+    `weights_sha256` and a checkpoint in `tensors_sha256`, so that damaged weights are found
+    when the file is read (neither torch.save's zip, safetensors nor ONNX checks them)."""
+    digest = hashlib.sha256()
+    for name, data in sorted(named_bytes):
+        digest.update(name.encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
+def tensor_bytes(state: dict[str, torch.Tensor]):
+    return [(k, v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            for k, v in state.items()]
+
+
+def named_tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a checkpoint's nested dicts and lists, by its path (model/encoder...)."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) \
+        if isinstance(obj, (list, tuple)) else ()
+    found = {}
+    for key, value in items:
+        found.update(named_tensors(value, f"{prefix}/{key}"))
+    return found
+
+
 def save_atomic(obj, path: str | Path) -> None:
+    """torch.save(obj) to `path` atomically, a dict with the digest of its tensors."""
+    if isinstance(obj, dict):
+        obj = {**obj, DIGEST: weights_digest(tensor_bytes(named_tensors(obj)))}
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_bytes_atomic(path, buffer.getvalue())
@@ -65,6 +102,11 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not an mLiT checkpoint (it holds a "
                               f"{type(obj).__name__}, not a dict of weights)")
+    expected = obj.pop(DIGEST, None)  # checkpoints written before it carry none
+    if expected is not None and weights_digest(tensor_bytes(named_tensors(obj))) != expected:
+        raise CheckpointError(f"{path}: its tensors do not match the {DIGEST} written with "
+                              "them: the file is damaged (use an earlier checkpoint, or train "
+                              "again)")
     return obj
 
 

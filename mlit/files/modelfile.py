@@ -14,7 +14,6 @@ that do not fit the model the file describes, is a CheckpointError of one line.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from mlit.errors import first_line
 from mlit.files import checkpoint as ckpt
 from mlit.files import records
 from mlit.files.atomic import write_bytes_atomic
-from mlit.files.checkpoint import CheckpointError
+from mlit.files.checkpoint import CheckpointError, tensor_bytes, weights_digest
 from mlit.files.records import ExportMetadata
 from mlit.files.weights import check_encoder, check_finite, describe, load_weights
 from mlit.model.config import MLiTConfig
@@ -178,21 +177,6 @@ def read_safetensors(path: Path) -> ModelFile:
     return from_export_metadata(path, meta, state, "export")
 
 
-def weights_digest(named_bytes) -> str:
-    """sha256 over (name, bytes) of every weight, in name order: what an export carries in
-    `weights_sha256` so that damaged weights are found when the file is read (neither
-    safetensors nor ONNX checks its tensors' bytes)."""
-    digest = hashlib.sha256()
-    for name, data in sorted(named_bytes):
-        digest.update(name.encode() + b"\0" + data)
-    return digest.hexdigest()
-
-
-def tensor_bytes(state: dict[str, torch.Tensor]):
-    return [(k, v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            for k, v in state.items()]
-
-
 def check_digest(path: Path, expected: str | None, named_bytes) -> None:
     if expected is not None and weights_digest(named_bytes) != expected:
         raise CheckpointError(f"{path}: its weights do not match the weights_sha256 in its "
@@ -241,13 +225,22 @@ def export_metadata(mf: ModelFile, kind: str) -> dict[str, str]:
     return meta
 
 
+def model_path(path: str | Path) -> Path:
+    """The path of a model file that exists, or CheckpointError (a folder, nothing there);
+    an ONNX file (by its name) is called one."""
+    path = Path(path)
+    onnx = path.name.endswith(".onnx")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not {'an ONNX' if onnx else 'a model'} file")
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist" if onnx else
+                              f"checkpoint {path} does not exist")
+    return path
+
+
 def read(path: str | Path) -> ModelFile:
     """The model a .pt checkpoint or a .safetensors export holds, or CheckpointError."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a model file")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    path = model_path(path)
     if path.name.endswith(".onnx"):
         raise CheckpointError(f"{path} is an ONNX export, for ONNX Runtime (python -m "
                               f"mlit.eval {path} runs it); this reads .pt checkpoints and "

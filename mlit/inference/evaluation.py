@@ -155,25 +155,34 @@ def evaluate_file(path: str | Path, overrides: list[str] = (), out: str | Path |
               "dataset": data.dataset, **measured}
     classes = mf.class_names or list(info.classes) or class_names(loader, info.num_classes)
     result["classes"] = classes
-    result["figures"] = write_figures(result, classes, out)
+    decoder = mf.config.decoder_depth if mf.kind == "pretrain" else 0
+    result["figures"] = write_figures(result, classes, out, decoder)
     write_json(out / "eval.json", result, indent=None)
     return result
 
 
-def write_figures(result: dict, classes: list[str], out: Path) -> list[str]:
+def write_figures(result: dict, classes: list[str], out: Path, decoder_layers: int = 0
+                  ) -> list[str]:
+    """confusion.png and experts.png, titled with the model, the data and what it scored."""
     figures = []
+    split = "val/" if result["dataset"] == "folder" else "test"
+    title = (f"{result['model']} ({result['kind']})\n{result['dataset']} {split} split, "
+             f"{result['images']} images")
     if "confusion" in result:
-        plot_confusion(out / "confusion.png", result["confusion"], classes)
+        plot_confusion(out / "confusion.png", result["confusion"], classes,
+                       f"{title}, top-1 {result['top1']:.4f}")
         figures.append(str(out / "confusion.png"))
     if any(result["expert_share_per_class"]):
-        plot_experts(out / "experts.png", result["expert_share_per_class"], classes)
+        plot_experts(out / "experts.png", result["expert_share_per_class"], classes, title,
+                     decoder_layers)
         figures.append(str(out / "experts.png"))
     return figures
 
 
 def summary_lines(r: dict) -> list[str]:
     """What mlit.eval prints: the file and split, the figures, the expert shares per layer."""
-    lines = [f"{r['checkpoint']}: {r['model']} ({r['kind']}); {r['dataset']} test split, "
+    split = "val/ split" if r["dataset"] == "folder" else "test split"  # a folder's is val/
+    lines = [f"{r['checkpoint']}: {r['model']} ({r['kind']}); {r['dataset']} {split}, "
              f"{r['images']} images"]
     if r["top1"] is not None:
         seen = [(a, i) for i, a in enumerate(r["per_class_acc"]) if a is not None]

@@ -22,7 +22,8 @@ def quiet_glyphs():
 
 
 @quiet_glyphs()
-def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
+def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str],
+                   title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -30,12 +31,13 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
     m = torch.tensor(confusion, dtype=torch.float)
     m = m / m.sum(1, keepdim=True).clamp(min=1)
     n = len(m)
-    fig, ax = plt.subplots(figsize=(min(4 + n * 0.12, 14),) * 2)
+    fig, ax = plt.subplots(figsize=(min(6 + n * 0.12, 14),) * 2)
     image = ax.imshow(m.numpy(), cmap="Blues", vmin=0, vmax=1)
     if n <= 20:
         ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
         ax.set_yticks(range(n), classes, fontsize=7)
-    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion (row-normalised)")
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"{title}\nconfusion matrix, each row normalised to its images")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -43,27 +45,35 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
 
 
 @quiet_glyphs()
-def plot_experts(path: Path, per_class: list[list[list[float]]], classes: list[str]) -> None:
+def plot_experts(path: Path, per_class: list[list[list[float]]], classes: list[str],
+                 title: str, decoder_layers: int = 0) -> None:
+    """Each class's share of tokens per expert, the experts of every MoE layer side by side
+    (numbered within their layer), the encoder's layers, then the decoder's (an MAE)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     blocks = [torch.tensor(layer) for layer in per_class]
     m = torch.cat(blocks, dim=1)  # (classes, experts of every layer)
-    fig, ax = plt.subplots(figsize=(min(3 + m.shape[1] * 0.18, 20),
-                                    min(2.5 + m.shape[0] * 0.12, 14)))
+    fig, ax = plt.subplots(figsize=(min(6 + m.shape[1] * 0.18, 20),
+                                    min(3 + m.shape[0] * 0.12, 14)))
     image = ax.imshow(m.numpy(), cmap="viridis", aspect="auto", vmin=0)
-    edges, ticks, labels = 0, [], []
+    encoder_layers = len(blocks) - decoder_layers
+    edges, middles, names = 0, [], []
     for i, block in enumerate(blocks):
-        ticks.append(edges + (block.shape[1] - 1) / 2)
-        labels.append(str(i))
+        middles.append(edges + (block.shape[1] - 1) / 2)
+        names.append(f"E{i}" if i < encoder_layers else f"D{i - encoder_layers}")
         edges += block.shape[1]
         ax.axvline(edges - 0.5, color="white", lw=0.8)
-    ax.set_xticks(ticks, labels, fontsize=7)
+    experts = [e for block in blocks for e in range(block.shape[1])]
+    ax.set_xticks(range(len(experts)), [str(e) for e in experts], fontsize=6)
+    layers = ax.secondary_xaxis("top")  # the layer of each group of experts
+    layers.set_xticks(middles, names, fontsize=7)
     if len(classes) <= 30:
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set(xlabel="MoE layer (its experts side by side; encoder, then decoder)",
-           ylabel="class", title="Share of each class's tokens per expert")
+    where = "E: encoder layers, D: decoder layers" if decoder_layers else "E: encoder layers"
+    ax.set(xlabel=f"expert, numbered within its MoE layer (top: {where})", ylabel="class",
+           title=f"{title}\nshare of each class's tokens per expert")
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from mlit.errors import BadInput, Fault, first_line
-from mlit.files.modelfile import ModelFile, export_metadata, weights_digest
+from mlit.files.checkpoint import weights_digest
+from mlit.files.modelfile import ModelFile, export_metadata
 from mlit.files.weights import load_weights
 from mlit.inference.onnx_chunks import chunked
 from mlit.inference.onnx_graph import OPSET, lean_graph
@@ -140,6 +141,8 @@ def export_onnx(mf: ModelFile, out: Path, int8: bool = False, encoder_only: bool
         final = tmp / "fp32.onnx"
         if int8:
             stamp(tmp / "int8.onnx", {**metadata(mf, kind), "quantized": "int8"})
+            onnx.checker.check_model(str(tmp / "int8.onnx"), full_check=True)
+            report["int8"] = check_int8(tmp / "int8.onnx", tmp / "fp32.onnx", size, test_images)
             final = tmp / "int8.onnx"
             if test_loader is not None and not encoder_only:
                 cfg = mf.config
@@ -263,6 +266,37 @@ def check_export(path: Path, reference: Deployable, size: int,
                     f"the ONNX graph disagrees with PyTorch on {source} images at batch {b} "
                     f"(largest difference {diff:.2e}, allowed {LOGIT_TOLERANCE:.0e}; same "
                     f"class: {same_class}; same experts: {experts_ok}); no file was written")
+    return rows
+
+
+def check_int8(int8: Path, fp32: Path, size: int, test_images: torch.Tensor | None
+               ) -> list[dict]:
+    """The int8 file itself, against the fp32 file it was quantised from, at each of BATCHES
+    on random images and on real test images when there are some: it runs, its outputs have
+    the fp32 file's shapes; its largest output difference and, for a classifier, the share
+    of images whose top-1 class is the fp32 file's (int8 rounds, so these are figures to
+    read, not tolerances)."""
+    quantised, reference = session(int8), session(fp32)
+    generator = torch.Generator().manual_seed(1)
+    sources = {"random": torch.randn(max(BATCHES), 3, size, size, generator=generator)}
+    if test_images is not None and len(test_images):
+        sources["test"] = test_images[:max(BATCHES)]
+    rows = []
+    for source, images in sources.items():
+        for b in BATCHES:
+            x = images[:b].numpy()
+            if len(x) < b:
+                continue
+            got, want = quantised.run(None, {"images": x})[0], reference.run(None, {"images": x})[0]
+            if got.shape != want.shape or not np.isfinite(got).all():
+                raise ExportFailed(f"the int8 graph gives {got.shape} outputs (finite: "
+                                   f"{bool(np.isfinite(got).all())}) where the fp32 graph gives "
+                                   f"{want.shape}, on {source} images at batch {b}; no file "
+                                   "was written")
+            row = {"images": source, "batch": b, "max_abs_diff": float(np.abs(got - want).max())}
+            if got.ndim == 2:  # logits: a classifier
+                row["same_top1"] = float((got.argmax(1) == want.argmax(1)).mean())
+            rows.append(row)
     return rows
 
 

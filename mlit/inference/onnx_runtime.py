@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mlit.errors import BadInput
 from mlit.files.checkpoint import CheckpointError
-from mlit.files.modelfile import ModelFile, check_digest, from_export_metadata
+from mlit.files.modelfile import ModelFile, check_digest, from_export_metadata, model_path
 from mlit.inference.summary import PredictionSummary
 
 
@@ -70,10 +70,7 @@ def read_onnx(path: Path) -> ModelFile:
     digest, its input and outputs. CheckpointError of one line for a damaged, foreign or
     mislabelled file."""
     onnx, _ = deploy_modules()
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not an ONNX file")
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
+    model_path(path)  # a folder, nothing there
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf's DecodeError and others

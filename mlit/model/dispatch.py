@@ -48,7 +48,12 @@ except ImportError:
 
 from mlit.kernels.support import TRITON_ARRANGEMENTS, kernel_dtype
 from mlit.model.kernel_check import KernelFault, check_device
-from mlit.model.mixtures import SHARED, dense_expert_mixture, torch_expert_mixture
+from mlit.model.mixtures import (
+    SHARED,
+    dense_expert_mixture,
+    meta_expert_mixture,
+    torch_expert_mixture,
+)
 
 TRITON_SHARED = tuple(TRITON_ARRANGEMENTS)  # what the kernel's algebra serves (W2 shared)
 
@@ -116,21 +121,25 @@ def capturing_graph() -> bool:
             or torch.compiler.is_exporting())
 
 
-def expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2", impl: str = "auto"):
+def expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2", impl: str = "auto",
+                   top_k: int = 1):
     """Combine the routed SwiGLU experts of one layer; see the module docstring. Eager
     PyTorch takes `impl`; a scripted model and a recorded graph (capturing_graph) the dense
-    mixture."""
+    mixture; the meta device the sparse one's products for `top_k` experts a token."""
     if torch.jit.is_scripting():
         return dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared)
     else:
-        return dispatch(x, gates, w, b, v, c, w2, b2, shared, impl)
+        return dispatch(x, gates, w, b, v, c, w2, b2, shared, impl, top_k)
 
 
 @torch.jit.unused
-def dispatch(x, gates, w, b, v, c, w2, b2, shared: str, impl: str) -> torch.Tensor:
+def dispatch(x, gates, w, b, v, c, w2, b2, shared: str, impl: str, top_k: int
+             ) -> torch.Tensor:
     """expert_mixture in eager PyTorch: the implementation `impl` resolves to."""
-    if capturing_graph() or x.device.type == "meta":  # the meta device has no routing
+    if capturing_graph():
         return dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared)
+    if x.device.type == "meta":  # shapes without values: no routing to read
+        return meta_expert_mixture(x, gates, w, b, v, c, w2, b2, shared, top_k)
     if shared not in SHARED:
         raise ValueError(f"shared={shared!r}: must be one of {', '.join(SHARED)}")
     impl = resolve_impl(impl, x, shared)

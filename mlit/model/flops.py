@@ -2,9 +2,13 @@
 
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2 FLOPs; only
 matrix products are counted, as is usual: the element-wise work of norms, activations and
-softmax is left out). Two choices make the count the model's arithmetic:
-- the MoE runs the sparse `torch` dispatch, which multiplies each token only by the k experts
-  it is routed to (the Triton kernel is a custom op the counter cannot see into);
+softmax is left out), on the meta device: shapes without values, so a count costs no
+arithmetic (a shape sweep's plan counts every shape in seconds). Two choices make the count
+the model's arithmetic:
+- the MoE runs the sparse dispatch's products, each token multiplied only by the k experts it
+  is routed to (on the meta device, `meta_expert_mixture` in mlit/model/mixtures.py: the same
+  products as the `torch` reference, whatever the routing; the Triton kernel is a custom op
+  the counter cannot see into);
 - attention runs SDPA's math backend, whose matrix products the counter sees (the fused CPU
   and GPU kernels compute the same products).
 `tools/param_count.py` prints these per model; the shape sweep (mlit/shape) turns training
@@ -33,13 +37,14 @@ def count(fn) -> int:
 
 
 def counting_model(cfg: MLiTConfig, kind: str):
-    torch.manual_seed(0)
-    return module_for(kind, cfg.replace(moe_impl="torch"))
+    with torch.device("meta"):
+        return module_for(kind, cfg.replace(moe_impl="torch"))
 
 
 def example_batch(cfg: MLiTConfig, kind: str, batch: int) -> torch.Tensor:
     views = VIEWS.get(kind, 1)
-    return torch.randn(batch * views, cfg.in_channels, cfg.image_size, cfg.image_size)
+    return torch.randn(batch * views, cfg.in_channels, cfg.image_size, cfg.image_size,
+                       device="meta")
 
 
 def scalar_output(out) -> torch.Tensor:

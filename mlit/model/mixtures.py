@@ -64,3 +64,24 @@ def dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
     value, acts = (value, F.silu(acts)) if swish_own else (F.silu(value), acts)
     mixed = torch.einsum("ne,neh->nh", gates.to(acts.dtype), acts)
     return F.linear(value * mixed, w2, b2)
+
+
+def meta_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str, top_k: int):
+    """The sparse reference's matrix products on the meta device, where tensors have shapes
+    and no values, so no routing: the N*k token-expert pairs go through expert 0's own
+    projection. Which expert a token goes to changes no product's size, so a FLOP count here
+    (mlit/model/flops.py) is the sparse reference's, and the output has the mixture's shape."""
+    pairs = x.repeat_interleave(top_k, dim=0)  # (N*k, d)
+    if shared == "w_v":
+        hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)
+        y = torch.addmm(b2[0], hidden.repeat_interleave(top_k, dim=0), w2[0])
+        return y.view(x.shape[0], top_k, -1).sum(1)
+    own, own_bias, common, common_bias, swish_own = _own_and_common(shared, w, b, v, c)
+    value = F.linear(x, common, common_bias)
+    if not swish_own:
+        value = F.silu(value)
+    act = torch.addmm(own_bias[0], pairs, own[0])  # (N*k, h)
+    if swish_own:
+        act = F.silu(act)
+    mixed = act.view(x.shape[0], top_k, -1).sum(1)
+    return F.linear(value * mixed, w2, b2)

@@ -158,11 +158,12 @@ class SharedSwiGLUExperts(nn.Module):
     `out_proj` (W2, b2). The default v_w2 owns W: `expert_weight` is (E, d, h)."""
 
     def __init__(self, dim: int, hidden: int, num_experts: int, impl: str = "auto",
-                 shared: str = "v_w2"):
+                 shared: str = "v_w2", top_k: int = 1):
         super().__init__()
         if shared not in SHARED:
             raise ValueError(f"shared={shared!r}: must be one of {', '.join(SHARED)}")
         self.impl, self.shared, self.owned = impl, shared, OWNED[shared]
+        self.top_k = top_k  # the gates say it; the meta device, which has none, is told
         fan_in, fan_out = (hidden, dim) if self.owned == "w2" else (dim, hidden)
         self.expert_weight = nn.Parameter(torch.empty(num_experts, fan_in, fan_out))
         self.expert_bias = nn.Parameter(torch.empty(num_experts, fan_out))
@@ -193,7 +194,8 @@ class SharedSwiGLUExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         w, b, v, c, w2, b2 = self.projections()
-        return expert_mixture(x, gates, w, b, v, c, w2, b2, shared=self.shared, impl=self.impl)
+        return expert_mixture(x, gates, w, b, v, c, w2, b2, shared=self.shared, impl=self.impl,
+                              top_k=self.top_k)
 
 
 class MoELayer(nn.Module):
@@ -204,7 +206,7 @@ class MoELayer(nn.Module):
         super().__init__()
         self.num_experts = num_experts
         self.gate = NoisyTopKGate(dim, num_experts, top_k, **gate_kwargs)
-        self.experts = SharedSwiGLUExperts(dim, hidden, num_experts, impl, shared)
+        self.experts = SharedSwiGLUExperts(dim, hidden, num_experts, impl, shared, top_k)
         # Dropout of each expert's output, applied once to the gated sum (the same in
         # expectation; one mask instead of k).
         self.dropout = nn.Dropout(dropout)

@@ -219,6 +219,12 @@ class Recipe(Strict):
         for kind in ("pretrain", "simclr"):
             if getattr(self, kind) and getattr(self, kind).layer_decay != 1.0:
                 raise ValueError(f"{kind}.layer_decay applies to classifiers only; leave it 1.0")
+        for kind in ("linprobe", "finetune", "supervised"):
+            stage = getattr(self, kind)
+            if stage and stage.knn_every:
+                raise ValueError(f"{kind}.knn_every={stage.knn_every}: the k-NN monitor "
+                                 "watches pre-training (pretrain, simclr); a classifier stage "
+                                 "reports its own test accuracy")
         return self
 
     def pretraining_stage(self) -> Optional[str]:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from mlit.cli import launcher_flags, number, run_command
-from mlit.errors import BadInput
+from mlit.errors import BadInput, nothing_to_resume
 from mlit.files.atomic import write_text_atomic
 from mlit.files.jsonl import read_jsonl
 from mlit.files.paths import output_folder
@@ -107,16 +107,36 @@ def report_command(args) -> int:
 
 
 def sweep_command(args) -> int:
+    from mlit.shape.recipe import load_sweep
+
+    sweep = load_sweep(args.recipe, args.overrides)  # a bad recipe first, before the runner
+    from mlit.population.plan import parse_shard, shard
+    from mlit.shape.plan import plan
+
+    if args.command in ("plan", "status"):
+        with nothing_to_resume():
+            return show_plan(args, sweep, plan)
+    sweep_dir = sweep_folder(args, sweep)
+    runs = plan(sweep, sweep_dir)
     import yaml
 
     from mlit.population.launch import train_all
-    from mlit.population.plan import parse_shard, shard
-    from mlit.shape.plan import plan
-    from mlit.shape.recipe import load_sweep
     from mlit.shape.report import SWEEP_FILE
 
-    sweep = load_sweep(args.recipe, args.overrides)
-    sweep_dir = Path(args.sweep_dir or Path("sweeps") / sweep.name)
+    output_folder(sweep_dir, "--sweep-dir")
+    write_text_atomic(sweep_dir / SWEEP_FILE,
+                      yaml.safe_dump(sweep.model_dump(mode="json", exclude_none=True),
+                                     sort_keys=False))
+    return train_all(sweep_dir, shard(runs, *parse_shard(args.shard)), args, "mlit.shape")
+
+
+def sweep_folder(args, sweep) -> Path:
+    return Path(args.sweep_dir or Path("sweeps") / sweep.name)
+
+
+def show_plan(args, sweep, plan) -> int:
+    """`plan`: every run with its epochs; `status`: how many have started, by state."""
+    sweep_dir = sweep_folder(args, sweep)
     if args.command == "status":
         from mlit.population.layout import summarize
 
@@ -130,20 +150,15 @@ def sweep_command(args) -> int:
                 f"{len(v)} {k}" for k, v in sorted(states.items())))
         return 0
     runs = plan(sweep, sweep_dir)
-    if args.command == "plan":
-        if args.json:
-            print(json.dumps([{**r.as_dict(), "epochs": getattr(r.recipe, r.kind).epochs}
-                              for r in runs], indent=1))
-        else:
-            for r in runs:
-                print(f"{r.path}  ({getattr(r.recipe, r.kind).epochs} epochs)")
-            print(f"{len(runs)} runs", file=sys.stderr)
-        return 0
-    output_folder(sweep_dir, "--sweep-dir")
-    write_text_atomic(sweep_dir / SWEEP_FILE,
-                      yaml.safe_dump(sweep.model_dump(mode="json", exclude_none=True),
-                                     sort_keys=False))
-    return train_all(sweep_dir, shard(runs, *parse_shard(args.shard)), args, "mlit.shape")
+    if args.json:
+        print(json.dumps([{**r.as_dict(), "epochs": getattr(r.recipe, r.kind).epochs}
+                          for r in runs], indent=1))
+    else:
+        for r in runs:
+            print(f"{r.path}  ({getattr(r.recipe, r.kind).epochs} epochs)")
+        sys.stdout.flush()  # the count after the runs, also where both go to one terminal
+        print(f"{len(runs)} runs", file=sys.stderr)
+    return 0
 
 
 COMMANDS = {"plan": sweep_command, "run": sweep_command, "status": sweep_command,

@@ -20,44 +20,52 @@ def run_name(shape: dict[str, int], budget: float) -> str:
             f"_t{budget:.1e}").replace("+", "")
 
 
-def images_per_epoch(sweep: ShapeSweep, kind: str) -> int:
+def images_per_epoch(sweep: ShapeSweep, kind: str, train_size: int) -> int:
     """Images one epoch trains on: whole batches of the training split (drop_last)."""
     batch = getattr(sweep, kind).batch_size
-    return dataset_info(sweep.data).train_size // batch * batch
-
-
-def epochs_for(flops: float, sweep: ShapeSweep, kind: str, per_image: float) -> int:
-    return max(1, round(flops / (per_image * images_per_epoch(sweep, kind))))
+    return train_size // batch * batch
 
 
 def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[PlannedRun]:
-    """Every (shape, budget); first stages first, in a stable order, so shards are too."""
+    """Every (shape, budget); first stages first, in a stable order, so shards are too. Each
+    shape's FLOPs are counted once (on the meta device, mlit/model/flops.py) and the
+    dataset is looked at once."""
     sweep_dir = Path(sweep_dir)
-    num_classes = dataset_info(sweep.data).num_classes
+    info = dataset_info(sweep.data)
+
+    def epochs_for(flops: float, kind: str, per_image: float) -> int:
+        return max(1, round(flops / (per_image * images_per_epoch(sweep, kind,
+                                                                   info.train_size))))
+
     first, second = [], []
     for shape, arms in sweep.shapes():
-        cfg = model_settings(sweep.model_for(shape), num_classes=num_classes)
+        cfg = model_settings(sweep.model_for(shape), num_classes=info.num_classes)
+        counted = {}  # stage kind -> training FLOPs per image, for every budget
         for budget in sweep.budgets:
             name = run_name(shape, budget)
             factors = {**shape, "arms": arms, "budget": budget}
             if sweep.stage != "mae_finetune":
                 kind = sweep.stage if sweep.stage == "supervised" else "pretrain"
-                per_image = training_flops(cfg, kind)
-                epochs = epochs_for(budget, sweep, kind, per_image)
+                if kind not in counted:
+                    counted[kind] = training_flops(cfg, kind)
+                per_image = counted[kind]
+                epochs = epochs_for(budget, kind, per_image)
                 first.append(PlannedRun(name, f"training/{name}", kind, {
                     **factors, "flops_per_image": per_image, "final": True},
                     sweep.run_recipe(name, kind, shape, epochs)))
                 continue
             share = sweep.pretrain_share
-            pre, fine = training_flops(cfg, "pretrain"), training_flops(cfg, "finetune")
+            if not counted:
+                counted = {kind: training_flops(cfg, kind) for kind in ("pretrain", "finetune")}
+            pre, fine = counted["pretrain"], counted["finetune"]
             backbone = f"pretraining/{name}"
             first.append(PlannedRun(name, backbone, "pretrain", {
                 **factors, "flops_per_image": pre, "final": False},
                 sweep.run_recipe(name, "pretrain", shape,
-                                 epochs_for(share * budget, sweep, "pretrain", pre))))
+                                 epochs_for(share * budget, "pretrain", pre))))
             second.append(PlannedRun("ft", f"finetuning/{name}/ft", "finetune", {
                 **factors, "flops_per_image": fine, "final": True},
                 sweep.run_recipe("ft", "finetune", shape,
-                                 epochs_for((1 - share) * budget, sweep, "finetune", fine),
+                                 epochs_for((1 - share) * budget, "finetune", fine),
                                  init=sweep_dir / backbone / "checkpoint.pt"), backbone))
     return first + second

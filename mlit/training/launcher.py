@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlit import distributed
-from mlit.errors import FAULT, ProjectError
+from mlit.errors import FAULT, BadInput, ProjectError
 from mlit.recipe.schema import load_recipe
 from mlit.training.prechecks import check_inputs, check_run_folder
 from mlit.training.run_folder import newest_checkpoint
@@ -45,6 +45,23 @@ class Nodes:
     def processes(self) -> int:
         return self.nproc_per_node * self.nnodes
 
+    def check(self) -> None:
+        """The flags that fit together, before any process starts (BadInput, one line)."""
+        if self.rdzv_endpoint:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise BadInput(f"--rdzv-endpoint {self.rdzv_endpoint!r}: expected HOST:PORT "
+                               "with a port from 1 to 65535, e.g. node0:29500")
+        elif self.nnodes > 1:
+            raise BadInput(f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT: the node "
+                           "that hosts the rendezvous, the same on every node")
+        if self.rdzv_backend == "static" and not 0 <= self.node_rank < self.nnodes:
+            raise BadInput(f"--node-rank {self.node_rank}: must be below --nnodes "
+                           f"{self.nnodes} (0 to {self.nnodes - 1})")
+        if self.rdzv_backend != "static" and self.node_rank:
+            raise BadInput(f"--node-rank {self.node_rank}: a c10d rendezvous gives each node "
+                           "its rank; --node-rank applies to --rdzv-backend static")
+
 
 class JobFailed(ProjectError):
     """The job's one line, chosen from what the ranks reported."""
@@ -56,6 +73,7 @@ class JobFailed(ProjectError):
 
 def launch(nodes: Nodes, argv: list[str]) -> int:
     """Check the input once, run the workers, and return 0 or raise the job's JobFailed."""
+    nodes.check()
     recipe = load_recipe(argv[0], argv[1:])
     check_inputs(recipe, nodes.processes)
     out = check_run_folder(recipe)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from mlit.cli import launcher_flags, number, run_command
+from mlit.errors import nothing_to_resume
 from mlit.files.paths import output_folder
 from mlit.recipe.reading import RecipeError
 
@@ -104,12 +105,15 @@ def plan_runs(args) -> int:
     from mlit.zoo.plan import plan
     from mlit.zoo.recipe import load_zoo_recipe
 
-    runs = plan(load_zoo_recipe(args.recipe, args.overrides))
+    recipe = load_zoo_recipe(args.recipe, args.overrides)
+    with nothing_to_resume():
+        runs = plan(recipe)
     if args.json:
         print(json.dumps([r.as_dict() for r in runs], indent=1))
     else:
         for r in runs:
-            print(r.path)
+            print(f"{r.path}  " + " ".join(f"{k}={v}" for k, v in r.factors.items()))
+        sys.stdout.flush()  # the count after the runs, also where both go to one terminal
         print(f"{len(runs)} runs", file=sys.stderr)
     return 0
 
