@@ -108,6 +108,7 @@ class NoisyTopKGate(nn.Module):
             return self.route(x)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gating itself (forward's contract), in routing_dtype."""
         dtype = routing_dtype(x)
         x = x.to(dtype)
         clean = x @ self.w_gate.to(dtype)  # c = x Wg
