@@ -22,7 +22,7 @@ from mlit import eval as eval_cli  # noqa: E402
 from mlit import export as export_cli  # noqa: E402
 from mlit.files import modelfile  # noqa: E402
 from mlit.inference.onnx_export import BATCHES, Deployable, module_to_export  # noqa: E402
-from mlit.inference.onnx_runtime import session
+from mlit.inference.onnx_runtime import read_onnx, session
 from mlit.train import main as train  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -264,6 +264,20 @@ def test_the_metadata_is_held_against_the_graph_and_its_weights(run, tmp_path, c
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"mlit.eval: {tmp_path / name}: ")
         assert words in lines[0], (name, lines[0])
+
+
+def test_a_model_name_its_config_does_not_have_is_not_reported(run, tmp_path, capsys):
+    """model_name 'mlit_s' in the metadata of a smaller model's graph: the file is reported
+    by the name its model_config's shape has (the config is held against the graph)."""
+    source = run / "model.onnx"
+    if not source.exists():
+        assert export_cli.main([str(run / "finetune" / "checkpoint.pt"), str(source)]) == 0
+    held = modelfile.guess_name(read_onnx(source).config)
+    relabelled = relabel(source, tmp_path / "named.onnx", model_name="mlit_s")
+    assert held != "mlit_s" and read_onnx(relabelled).name == held
+    capsys.readouterr()
+    assert eval_cli.main([str(relabelled)]) == 0
+    assert capsys.readouterr().out.startswith(f"{relabelled}: {held} (")
 
 
 def test_onnx_files_on_the_wrong_path_say_what_they_are(run, tmp_path, capsys):

@@ -37,14 +37,24 @@ SHAPE_FIELDS = ("embed_dim", "depth", "hidden_first", "hidden_last", "expert_sta
                 "num_heads", "num_kv_groups", "image_size", "patch_size", "ffn", "shared")
 
 
+def has_shape_of(cfg: MLiTConfig, name: str) -> bool:
+    """Whether the config has the registry model `name`'s shape (any sharing arrangement)."""
+    reference = MLiTConfig().replace(**CONFIGS[name])
+    return all(getattr(cfg, f, None) == getattr(reference, f, None)
+               for f in SHAPE_FIELDS if f != "shared")
+
+
 def guess_name(cfg: MLiTConfig) -> str:
     """The registry name whose shape the config has, or 'custom'."""
-    for name, fields in CONFIGS.items():
-        reference = MLiTConfig().replace(**fields)
-        if all(getattr(cfg, f, None) == getattr(reference, f, None)
-               for f in SHAPE_FIELDS if f != "shared"):
-            return name
-    return "custom"
+    return next((name for name in CONFIGS if has_shape_of(cfg, name)), "custom")
+
+
+def honest_name(name: str, cfg: MLiTConfig) -> str:
+    """The name a file gives its model, held against the model_config it carries: a registry
+    name whose shape the config does not have (an edited file, or a run that changed the
+    named model's shape, as a shape sweep's do) gives way to the name the config's own shape
+    has, so that an mlit_tiny is never reported as mlit_s."""
+    return name if name == "custom" or has_shape_of(cfg, name) else guess_name(cfg)
 
 
 @dataclass
@@ -157,7 +167,8 @@ def read_checkpoint(path: Path) -> ModelFile:
                               "with a 'model_config')")
     config = config_from_fields(fields, path)
     kind = obj.get("kind") or infer_kind(state)
-    name = check_name(obj["model_name"], path) if obj.get("model_name") else guess_name(config)
+    name = honest_name(check_name(obj["model_name"], path), config) if obj.get("model_name") \
+        else guess_name(config)
     return ModelFile(path, kind, name, config, state, run_recipe(path),
                      obj.get("class_names"), obj.get("normalization"))
 
@@ -197,7 +208,8 @@ def from_export_metadata(path: Path, meta: dict[str, str], state: dict, what: st
     except ValidationError as err:
         raise CheckpointError(f"{path}: metadata {records.where(err)}") from None
     config = config_from_fields(checked.config, path)
-    name = guess_name(config) if checked.model_name == "custom" else checked.model_name
+    name = guess_name(config) if checked.model_name == "custom" else \
+        honest_name(checked.model_name, config)
     if checked.class_names is not None and checked.kind in CLASSIFIER_KINDS and \
             len(checked.class_names) != config.num_classes:
         raise CheckpointError(f"{path}: metadata class_names has {len(checked.class_names)} "
