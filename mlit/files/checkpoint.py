@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import random
 import warnings
 import zipfile
 from pathlib import Path
@@ -108,14 +107,3 @@ def load(path: str | Path, map_location="cpu") -> dict:
                               "them: the file is damaged (use an earlier checkpoint, or train "
                               "again)")
     return obj
-
-
-def seed_everything(seed: int) -> None:
-    """Python's, numpy's and torch's generators (CPU, and CUDA once it is in use) from one
-    seed. Cheap enough for every step: torch.manual_seed would also queue a seeding of CUDA
-    with a captured stack trace (a millisecond) where CUDA is not initialised."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.default_generator.manual_seed(seed)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.manual_seed_all(seed)

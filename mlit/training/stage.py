@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from mlit.data.catalogue import dataset_info
 from mlit.data.loaders import eval_loader, train_loader
-from mlit.data.seeds import epoch_seed, step_seed
+from mlit.data.seeds import epoch_seed, seed_everything, step_seed
 from mlit.data.transforms import batch_mixing
 from mlit.distributed import world
 from mlit.errors import Interrupted
@@ -172,12 +172,12 @@ class StageRun:
         batches = self.train_loader.epoch(epoch_seed(seed, self.kind, self.epoch), first)
         # what the step draws (the device pipeline's colour ops, MixUp, masks, gate noise,
         # dropout) from (seed, step, rank): a resumed step draws what an unbroken one does
-        ckpt.seed_everything(step_seed(seed, self.kind, self.step, rank))
+        seed_everything(step_seed(seed, self.kind, self.step, rank))
         try:
             for images, targets in batches:
                 self.train_one(images, targets, tracker, bar)
                 self.stop_point(tracker)
-                ckpt.seed_everything(step_seed(seed, self.kind, self.step, rank))
+                seed_everything(step_seed(seed, self.kind, self.step, rank))
         finally:
             batches.close()  # a stop mid-epoch ends the loader's workers now
         tracker.check()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from mlit.data.catalogue import dataset_info
+from mlit.data.seeds import seed_everything
 from mlit.distributed import world
-from mlit.files import checkpoint as ckpt
 from mlit.model.encoder import MLiT, build_head
 from mlit.model.probe import LinearProbe, probe_head
 from mlit.model.registry import module_for
@@ -21,7 +21,7 @@ def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dic
     if stage.head:
         extra["head"] = stage.head
     cfg = recipe.model_settings(**extra)
-    ckpt.seed_everything(recipe.train.seed)
+    seed_everything(recipe.train.seed)
     model = module_for(kind, cfg)
     if not isinstance(model, MLiT):
         return model
