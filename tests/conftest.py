@@ -1,8 +1,14 @@
-"""Every test: Triton's interpreter where there is no GPU, and a fixed torch seed."""
+"""Every test: a short OpenMP spin, Triton's interpreter where there is no GPU, a fixed torch seed."""
 
 import os
 
-import torch
+# As mlit's commands do (mlit/__init__.py): idle OpenMP threads spin briefly, then sleep, so the
+# suite beside other work (a second run, another CI job) slows down, it does not collapse.
+# Before torch loads OpenMP; a setting of the user's stays.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "4000")
+
+import torch  # noqa: E402
 
 # Without a GPU the Triton kernels run in Triton's interpreter, on the CPU. It must be set
 # before mlit.kernels is imported (triton.jit reads it when decorating).
