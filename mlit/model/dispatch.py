@@ -30,6 +30,11 @@ The PyTorch implementations are in mlit/model/mixtures.py, the kernel in kernels
               v_w2 and w_w2; w_v has no single hidden activation to fuse.
 - ``auto``:   triton on CUDA tensors where it serves the arrangement, torch elsewhere.
 
+Whatever ``impl`` says, a model being recorded as a graph (torch.fx, torch.jit, torch.export;
+`capturing_graph`) computes ``dense``, whose shapes do not depend on the routing, and the meta
+device the sparse reference's products for k experts a token (`meta_expert_mixture`: shapes
+and FLOP counts without values).
+
 The kernel is checked against ``torch`` on a small problem the first time it serves a device
 (per dtype and arrangement) in a process: a kernel that fails to build or disagrees there is
 one warning line and ``torch`` under ``auto``, and a KernelFault under ``triton``.
