@@ -14,8 +14,8 @@ import mlit
 from mlit.model.registry import CONFIGS
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
-# every registered model; the quick tier (-m "not slow") keeps the smallest of each kind
-MODELS = [name if name in ("mlit_micro", "mmlit_micro") else
+# every registered model; the quick tier (-m "not slow") keeps the smallest
+MODELS = [name if name == "mlit_micro" else
           pytest.param(name, marks=pytest.mark.slow)
           for name in [*CONFIGS, *(f"m{name}" for name in CONFIGS)]]
 CLASSES = 10

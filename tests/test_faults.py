@@ -60,6 +60,7 @@ def wait_for(predicate, timeout=60.0):
     raise TimeoutError
 
 
+@pytest.mark.slow
 def test_a_second_runner_on_a_locked_folder_names_the_holder(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["recipes/quickstart.yaml", f"train.out={out}", *TINY, "pretrain.epochs=40",

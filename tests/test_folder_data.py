@@ -282,6 +282,7 @@ def test_library_noise_becomes_our_lines_or_nothing(tmp_path, capfd, monkeypatch
                                         "of 100 pixels; decoded anyway"]
 
 
+@pytest.mark.slow
 def test_under_torchrun_the_rank_whose_images_fail_says_so_and_no_other(tmp_path):
     """Rank 1's shard of the evaluation split holds the undecodable files: rank 1 names them
     and announces its stop; rank 0, whose collective then fails, stops silently instead of

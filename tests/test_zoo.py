@@ -101,6 +101,7 @@ def test_sharding_covers_every_run_exactly_once():
         parse_shard("4/4")
 
 
+@pytest.mark.slow
 def test_micro_zoo_layout_skip_and_status(tmp_path, capsys):
     recipe = write_recipe(tmp_path)
     zoo_dir = tmp_path / "zoo"

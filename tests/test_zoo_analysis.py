@@ -98,6 +98,7 @@ def micro_zoo(tmp_path_factory):
     return zoo_dir
 
 
+@pytest.mark.slow
 def test_analyze_writes_the_report_and_its_figures(micro_zoo, capsys):
     out = micro_zoo / "report"
     assert main(["analyze", str(micro_zoo), "--out", str(out), "--window", "2"]) == 0
