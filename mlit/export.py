@@ -49,19 +49,20 @@ def write_onnx(args) -> int:
     print(f"wrote {out}: {mf.name} ({'encoder' if args.encoder_only else mf.kind}), ONNX "
           f"opset {onnx_export.OPSET}{', int8' if args.int8 else ''}, "
           f"{out.stat().st_size / 2**20:.2f} MiB")
+    output = "feature" if args.encoder_only else "logit"  # an encoder has no classes
     agreed = ("the same experts per untied token" if args.encoder_only else
               "the same classes and the same experts per untied token")
     print(f"checked{' the fp32 graph it was quantised from' if args.int8 else ''}: "
           f"onnx.checker full check; ONNX Runtime against PyTorch on "
-          f"{' and '.join(sources)} images at batch {batches}: largest "
-          f"{'feature' if args.encoder_only else 'logit'} difference {worst:.1e}, {agreed}")
+          f"{' and '.join(sources)} images at batch {batches}: largest {output} difference "
+          f"{worst:.1e}, {agreed}")
     if "int8" in report:
         rows = report["int8"]
         agreement = [r["same_top1"] for r in rows if "same_top1" in r]
         print(f"checked the int8 file: onnx.checker full check; ONNX Runtime on "
               f"{' and '.join(sorted({r['images'] for r in rows}))} images at batch {batches}: "
-              f"largest {'feature' if args.encoder_only else 'logit'} difference from the fp32 "
-              f"file {max(r['max_abs_diff'] for r in rows):.1e}"
+              f"largest {output} difference from the fp32 file "
+              f"{max(r['max_abs_diff'] for r in rows):.1e}"
               + (f", the fp32 file's top-1 class on {100 * min(agreement):.1f}% of the images "
                  "or more" if agreement else ""))
     if "top1" in report:

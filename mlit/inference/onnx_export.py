@@ -232,18 +232,25 @@ def quantize(source: Path, target: Path) -> None:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
 
 
+def check_images(size: int, test_images: torch.Tensor | None, seed: int
+                 ) -> dict[str, torch.Tensor]:
+    """What the checks run on: random images (a fixed seed) and real test images when there
+    are some, as many as the largest of BATCHES."""
+    generator = torch.Generator().manual_seed(seed)
+    sources = {"random": torch.randn(max(BATCHES), 3, size, size, generator=generator)}
+    if test_images is not None and len(test_images):
+        sources["test"] = test_images[:max(BATCHES)]
+    return sources
+
+
 def check_export(path: Path, reference: Deployable, size: int,
                  test_images: torch.Tensor | None) -> list[dict]:
     """ONNX Runtime against PyTorch's sparse path at each of BATCHES, on random images and
     on real test images when there are some: logits within LOGIT_TOLERANCE, the same
     predicted class, the same experts per token where the router has no tie."""
     runner = session(path)
-    generator = torch.Generator().manual_seed(0)
     rows = []
-    sources = {"random": torch.randn(max(BATCHES), 3, size, size, generator=generator)}
-    if test_images is not None and len(test_images):
-        sources["test"] = test_images[:max(BATCHES)]
-    for source, images in sources.items():
+    for source, images in check_images(size, test_images, seed=0).items():
         for b in BATCHES:
             x = images[:b]
             if len(x) < b:
@@ -277,12 +284,8 @@ def check_int8(int8: Path, fp32: Path, size: int, test_images: torch.Tensor | No
     of images whose top-1 class is the fp32 file's (int8 rounds, so these are figures to
     read, not tolerances)."""
     quantised, reference = session(int8), session(fp32)
-    generator = torch.Generator().manual_seed(1)
-    sources = {"random": torch.randn(max(BATCHES), 3, size, size, generator=generator)}
-    if test_images is not None and len(test_images):
-        sources["test"] = test_images[:max(BATCHES)]
     rows = []
-    for source, images in sources.items():
+    for source, images in check_images(size, test_images, seed=1).items():
         for b in BATCHES:
             x = images[:b].numpy()
             if len(x) < b:
