@@ -31,10 +31,10 @@ from torch import nn
 
 from mlit.data.catalogue import INFO
 from mlit.files.modelfile import read as read_model_file
-from mlit.files.weights import describe, first_mismatch
+from mlit.files.weights import describe, expected_state, first_mismatch
 from mlit.model.config import MLiTConfig
 from mlit.model.dispatch import capturing_graph
-from mlit.model.encoder import MLiT, build_head
+from mlit.model.encoder import MLiT, MLiTEncoder, build_head
 from mlit.model.registry import CLASSIFIER_KINDS, CONFIGS, model_config
 
 BACKBONE_PREFIX = "m"  # mmlit_s: the MAE-pre-trained (mmLiT) encoder of mlit_s, no head
@@ -230,9 +230,8 @@ def file_overlay(file, name: str, settings: dict, backbone: bool) -> dict:
     target = model_config(name, **{k: v for k, v in fields.items()
                                    if k in FIELDS and k != "num_classes"})
     target = target.replace(num_classes=mf.config.num_classes)
-    with torch.device("meta"):
-        expected = MLiT(target).encoder.state_dict()
-    problem = first_mismatch(expected, mf.encoder_state(), "encoder.")
+    problem = first_mismatch(expected_state(lambda: MLiTEncoder(target)), mf.encoder_state(),
+                             "encoder.")
     if problem:
         raise ValueError(f"{file} holds {mf.description}, not {describe(name, target)}: "
                          f"its weights do not fit ({problem})")
