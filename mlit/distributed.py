@@ -88,6 +88,21 @@ def shutdown() -> None:
     _world = World()
 
 
+def leave(status: int):
+    """End a torchrun worker that has finished (its report written, its files closed)
+    without the interpreter's teardown: torch's native threads can still be running there,
+    and one that meets the teardown aborts the process with "terminate called without an
+    active exception", a stray line above the job's one line (seen once in CI, after a
+    Ctrl-C to the launcher). The exit handlers run first, as at a normal exit."""
+    import atexit
+    import sys
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
+
+
 def device_of(device: torch.device) -> torch.device:
     """Each rank's own GPU (LOCAL_RANK) when the run is on CUDA."""
     if _world.distributed and device.type == "cuda":

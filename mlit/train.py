@@ -83,4 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if distributed.torchrun_rank() is not None:
+        distributed.leave(status)  # a worker: no interpreter teardown (distributed.leave)
+    sys.exit(status)
