@@ -1,4 +1,5 @@
-"""Every test: a short OpenMP spin, Triton's interpreter where there is no GPU, a fixed torch seed."""
+"""Every test: a short OpenMP spin, Triton's interpreter where there is no GPU, a fixed torch seed,
+and under pytest-xdist a share of the cores."""
 
 import os
 
@@ -16,6 +17,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+
+# pytest-xdist's workers (pyproject: -n auto) share the cores instead of each taking them all.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)
+                              // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(autouse=True)
