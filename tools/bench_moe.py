@@ -49,7 +49,8 @@ def make_inputs(N, d, h, E, k, dtype, device):
 
 
 def median_seconds(fn, device, min_run_time: float) -> float:
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    # the process's own intra-op threads (Timer's default is one), as training runs
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
@@ -139,6 +140,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default=None, help="comma list of bf16, fp16, fp32")
     parser.add_argument("--models", default="mlit_s,mlit_xs,mlit_xxs")
+    parser.add_argument("--tokens", type=lambda s: [int(n) for n in s.split(",")],
+                        help="comma list of token counts N (default 448x145 and 840x37; "
+                             "--quick 2048)")
     parser.add_argument("--quick", action="store_true", help="small N, short timings")
     parser.add_argument("--no-compile", action="store_true", help="skip dense+compile")
     parser.add_argument("--step", action="store_true", help="also time a training step")
@@ -152,7 +156,7 @@ def main(argv=None) -> None:
     torch._dynamo.config.recompile_limit = 64
     default = "bf16,fp16" if device.type == "cuda" else "fp32"
     dtypes = [DTYPES[t] for t in (args.dtypes or default).split(",")]
-    token_counts = [2048] if args.quick else [448 * 145, 840 * 37]
+    token_counts = args.tokens or ([2048] if args.quick else [448 * 145, 840 * 37])
     min_run_time = args.min_time or (0.05 if args.quick else 0.5)
     records: list[dict] = []
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"

@@ -4,6 +4,8 @@ augmented to 36x36 as in the recipes), and the epoch time that follows for 50,00
 
     python tools/bench_train.py                    # GPU: mLiT-S/XS/XXS, bf16
     python tools/bench_train.py --quick            # any machine: XXS, small batches
+    python tools/bench_train.py --quick --models mlit_xxs,mlit_s --steps 10 --no-compile \
+        --variants torch-device,vit-device          # the CPU step against its dense ViT
 
 Variants per model and step (the training code is the runner's own: engine.train_step,
 optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
@@ -109,12 +111,14 @@ def time_steps(model, batches, precision, steps: int, warmup: int) -> tuple[floa
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mlit_s,mlit_xs,mlit_xxs")
+    parser.add_argument("--models", help="comma list (default mlit_s,mlit_xs,mlit_xxs; "
+                                          "--quick mlit_xxs)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, help="timed steps (default 20; --quick 3)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers")
-    parser.add_argument("--quick", action="store_true", help="XXS, batch 32, 3 steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="XXS unless --models, batch 32, 3 steps unless --steps")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--variants", help="comma list of variant keys (default: all), e.g. "
                                            "fast-device,fast-device-compiled")
@@ -129,8 +133,9 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = args.dtype if device.type == "cuda" else "fp32"
     precision = select_precision(device, amp)
-    models = ["mlit_xxs"] if args.quick else args.models.split(",")
-    steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
+    models = (args.models or ("mlit_xxs" if args.quick else "mlit_s,mlit_xs,mlit_xxs")).split(",")
+    steps = args.steps or (3 if args.quick else 20)
+    warmup = 1 if args.quick else args.warmup
     workers = min(args.workers, 2) if args.quick else args.workers
     fast_impl = "triton" if device.type == "cuda" else "dense"
     torch._dynamo.config.recompile_limit = 64
@@ -173,7 +178,7 @@ def main(argv=None) -> None:
             print(f"  {'variant':<28} {'ms/step':>9} {'img/s':>9} {'epoch 50k':>10} "
                   f"{'input ms':>9} {'input %':>8} {'vs first':>8} {'peak MiB':>9}")
             first = None
-            inputs = {}
+            inputs, times = {}, {}
             for label, input_kind, compiled, impl, ffn in variants:
                 torch.manual_seed(0)
                 factory = mlit.create_mae if step == "mae" else mlit.create_model
@@ -185,7 +190,7 @@ def main(argv=None) -> None:
                                                     device, workers)
                     inputs[input_kind + "_ms"] = time_input(inputs[input_kind], device, steps)
                 t, peak = time_steps(model, inputs[input_kind], precision, steps, warmup)
-                first = first or t
+                first, times[label] = first or t, t
                 in_ms = inputs[input_kind + "_ms"]
                 records.append({"model": model_name, "step": step, "batch": batch,
                                 "variant": label, "ms_per_step": t * 1e3, "img_s": batch / t,
@@ -195,6 +200,10 @@ def main(argv=None) -> None:
                 print(f"  {label:<28} {t * 1e3:>9.2f} {batch / t:>9.0f} "
                       f"{50_000 / batch * t:>9.1f}s {in_ms * 1e3:>9.2f} "
                       f"{100 * in_ms / t:>7.1f}% {first / t:>7.2f}x {peak:>9.1f}", flush=True)
+            vit = times.get("dense ViT eager device")
+            for label, t in times.items():
+                if vit and label.startswith("eager") and label.endswith("device"):
+                    print(f"  {label}: {t / vit:.2f}x the step time of the dense ViT (eager)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__,

@@ -28,7 +28,8 @@ The PyTorch implementations are in mlit/model/mixtures.py, the kernel in kernels
               in FLOPs but few launches (the fair GPU baseline).
 - ``triton``: the fused kernel in ``mlit.kernels`` (CUDA, or TRITON_INTERPRET=1 on CPU), for
               v_w2 and w_w2; w_v has no single hidden activation to fuse.
-- ``auto``:   triton on CUDA tensors where it serves the arrangement, torch elsewhere.
+- ``auto``:   triton on CUDA tensors where it serves the arrangement, torch elsewhere (on
+              the CPU the sparse reference is measured the faster: docs/benchmarks.md).
 
 Whatever ``impl`` says, a model being recorded as a graph (torch.fx, torch.jit, torch.export;
 `capturing_graph`) computes ``dense``, whose shapes do not depend on the routing, and the meta

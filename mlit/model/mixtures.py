@@ -19,16 +19,25 @@ def _own_and_common(shared: str, w, b, v, c):
     return v, c, w, b, False
 
 
+def routed_to(gates: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens routed to expert e and their gates (n_e, 1). index_select, whose gradient is
+    an index_add (not advanced indexing's accumulating index_put, several times slower on
+    the CPU), and the sums go in place: the same values, bit for bit."""
+    column = gates[:, e]
+    routed = column.nonzero().squeeze(1)
+    return routed, column.index_select(0, routed).unsqueeze(1)
+
+
 def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
     """Sparse reference: expert e only sees the tokens routed to it."""
     if shared == "w_v":
         hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)  # (N, h), shared
         out = hidden.new_zeros(x.shape[0], w2.shape[2])
         for e in range(gates.shape[1]):
-            routed = gates[:, e].nonzero().squeeze(1)
+            routed, gate_e = routed_to(gates, e)
             if routed.numel():
-                y_e = torch.addmm(b2[e], hidden[routed], w2[e])
-                out = out.index_add(0, routed, y_e * gates[routed, e, None].to(y_e.dtype))
+                y_e = torch.addmm(b2[e], hidden.index_select(0, routed), w2[e])
+                out.index_add_(0, routed, y_e * gate_e.to(y_e.dtype))
         return out
     own, own_bias, common, common_bias, swish_own = _own_and_common(shared, w, b, v, c)
     value = F.linear(x, common, common_bias)  # (N, h), the shared factor
@@ -36,14 +45,13 @@ def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
         value = F.silu(value)
     mixed = value.new_zeros(value.shape)  # (N, h), sum_e g_e phi(x P_e + p_e)
     for e in range(gates.shape[1]):
-        routed = gates[:, e].nonzero().squeeze(1)  # tokens that chose expert e
+        routed, gate_e = routed_to(gates, e)
         if routed.numel() == 0:
             continue
-        gate_e = gates[routed, e].unsqueeze(1).to(value.dtype)
-        act = torch.addmm(own_bias[e], x[routed], own[e])
+        act = torch.addmm(own_bias[e], x.index_select(0, routed), own[e])
         if swish_own:
             act = F.silu(act)
-        mixed = mixed.index_add(0, routed, (act * gate_e).to(mixed.dtype))
+        mixed.index_add_(0, routed, (act * gate_e.to(value.dtype)).to(mixed.dtype))
     return F.linear(value * mixed, w2, b2)
 
 
