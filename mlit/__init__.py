@@ -19,6 +19,15 @@ if sys.argv[:1] == ["-m"] and "torch" not in sys.modules and \
         "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", SPIN_ROUNDS)
 
+# The launcher (python -m mlit.train --nproc-per-node ...) says in one line what became of a
+# rendezvous; torch's C++ log would add a warning and a stack for every connection attempt.
+# Off in the launcher's own process only, before torch reads it: the launcher gives the
+# workers the user's setting back (mlit/training/launcher.py, QUIETED).
+if sys.argv[:1] == ["-m"] and "torch" not in sys.modules and \
+        "TORCH_CPP_LOG_LEVEL" not in os.environ and \
+        any(a.startswith(("--nproc-per-node", "--nnodes", "--rdzv")) for a in sys.argv):
+    os.environ["TORCH_CPP_LOG_LEVEL"] = os.environ["MLIT_QUIETED_CPP_LOG"] = "FATAL"
+
 from mlit.inference.timm_hook import register_when_timm_loads  # noqa: E402
 from mlit.model.config import MLiTConfig  # noqa: E402
 from mlit.model.encoder import MLiT, MLiTEncoder  # noqa: E402

@@ -11,7 +11,7 @@ where a signal stopped it; one process at a time writes a run folder (a second o
 with the holder's PID).
 
 Several processes (docs/distributed.md): --nproc-per-node N [--nnodes M --rdzv-endpoint
-HOST:PORT --rdzv-id ID] starts them on torch's elastic launcher after checking the recipe,
+HOST:PORT --rdzv-id ID --rdzv-timeout SECONDS] starts them on torch's elastic launcher after checking the recipe,
 the data and the run folder once; `torchrun ... -m mlit.train RECIPE` works too.
 
 Exit status (mlit/errors.py): 0 done; 1 a fault at run time (a non-finite loss, a full disk,
@@ -49,6 +49,9 @@ def launcher_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rdzv-backend", choices=["c10d", "static"], default="c10d")
     parser.add_argument("--node-rank", type=number(int, 0), default=0,
                         help="this node's rank (static rendezvous only)")
+    parser.add_argument("--rdzv-timeout", type=number(int, 1), default=600, metavar="SECONDS",
+                        help="how long the nodes may take to meet before the launcher gives "
+                             "up (default 600, as torchrun)")
     return parser
 
 
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from mlit.training.launcher import Nodes, launch
 
         nodes = Nodes(args.nproc_per_node, args.nnodes, args.rdzv_backend, args.rdzv_endpoint,
-                      args.rdzv_id, args.node_rank)
+                      args.rdzv_id, args.node_rank, args.rdzv_timeout)
         argv = [args.recipe, *args.overrides]
         if nodes.processes > 1:
             return run_command("mlit.train", lambda: launch(nodes, argv))

@@ -7,7 +7,9 @@ unbroken run; under plain torchrun a cause is still one line of ours."""
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -138,11 +140,16 @@ def test_under_plain_torchrun_a_bad_key_is_one_line_of_ours(recipe, tmp_path):
     assert "exitcode  : 2" in done.stderr  # torchrun's own report follows (docs/distributed.md)
 
 
-def test_a_mistyped_flag_is_named(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["recipes/quickstart.yaml", "--out", "runs/x"], "unrecognized arguments: --out"),
+    ([*LAUNCH, "--rdzv-timeout", "0", "recipes/quickstart.yaml"],
+     "argument --rdzv-timeout: '0' is not an integer of at least 1"),
+])
+def test_a_mistyped_flag_is_named(capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
-        train(["recipes/quickstart.yaml", "--out", "runs/x"])
+        train(argv)
     assert stop.value.code == 2
-    assert "unrecognized arguments: --out" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, line", [
@@ -156,6 +163,8 @@ def test_a_mistyped_flag_is_named(capsys):
       "--node-rank", "5"], "--node-rank 5: must be below --nnodes 2 (0 to 1)"),
     (["--node-rank", "1", "--nnodes", "2", "--rdzv-endpoint", "localhost:29500"],
      "--node-rank 1: a c10d rendezvous gives each node its rank"),
+    (["--nnodes", "2", "--rdzv-endpoint", "nohost.invalid:29500"],
+     "--rdzv-endpoint nohost.invalid:29500: nohost.invalid does not resolve"),
 ])
 def test_launcher_flags_that_do_not_fit_are_one_line_before_any_process(recipe, tmp_path,
                                                                         capsys, flags, line):
@@ -163,3 +172,51 @@ def test_launcher_flags_that_do_not_fit_are_one_line_before_any_process(recipe, 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"mlit.train: {line}"), err
     assert not (tmp_path / "run").exists()
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("backend", ["c10d", "static"])
+def test_nodes_that_never_meet_end_at_the_timeout_in_one_line(recipe, tmp_path, backend):
+    """The second node never comes: the launcher gives up after --rdzv-timeout (the default
+    is 600 s, beyond the subprocess's limit), with one line and none of torch's log."""
+    endpoint = f"localhost:{unused_port()}"
+    done = subprocess.run([sys.executable, "-m", "mlit.train", "--nproc-per-node", "1",
+                           "--nnodes", "2", "--rdzv-backend", backend, "--rdzv-endpoint",
+                           endpoint, "--rdzv-timeout", "3", str(recipe),
+                           f"train.out={tmp_path / 'run'}"], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    check = " and --rdzv-id" if backend == "c10d" else ""
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"mlit.train: the rendezvous at {endpoint} did not complete within --rdzv-timeout 3 s "
+        f"(--nnodes 2, --nproc-per-node 1): check that every node runs the same command with "
+        f"the same --rdzv-endpoint{check}, and that the endpoint's host accepts connections on "
+        f"that port"]
+
+
+def test_sigterm_while_the_rendezvous_blocks_is_served_in_seconds(recipe, tmp_path):
+    """An endpoint that takes the connection and never answers holds torch's store client in
+    native code, where Python's handlers cannot run; the launcher still ends on SIGTERM."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen([sys.executable, "-m", "mlit.train", "--nproc-per-node", "1",
+                                 "--nnodes", "2", "--rdzv-endpoint", endpoint, str(recipe),
+                                 f"train.out={tmp_path / 'run'}"], cwd=ROOT, env=env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        connected, _, _ = select.select([silent], [], [], 120)  # the store client is waiting
+        assert connected, "the launcher never reached the endpoint"
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert err.splitlines() == [
+        f"mlit.train: interrupted by SIGTERM while the nodes met at {endpoint}; no checkpoint "
+        f"yet: run the same command again to start over"]
+    assert time.time() - sent < 60  # 5 s of grace; a blocked launcher would wait 600 s

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import uuid
@@ -40,6 +41,12 @@ class Nodes:
     rdzv_endpoint: str = ""  # host:port of the rendezvous; localhost on one node
     rdzv_id: str = ""
     node_rank: int = 0  # static rendezvous only
+    rdzv_timeout: int = 600  # seconds the nodes may take to meet (torchrun's default)
+
+    @property
+    def standalone(self) -> bool:
+        """One node and no endpoint: the rendezvous is this machine's own (localhost:0)."""
+        return self.nnodes == 1 and not self.rdzv_endpoint
 
     @property
     def processes(self) -> int:
@@ -61,6 +68,26 @@ class Nodes:
         if self.rdzv_backend != "static" and self.node_rank:
             raise BadInput(f"--node-rank {self.node_rank}: a c10d rendezvous gives each node "
                            "its rank; --node-rank applies to --rdzv-backend static")
+        if self.rdzv_endpoint:
+            host = self.rdzv_endpoint.rpartition(":")[0].strip("[]")
+            try:
+                socket.getaddrinfo(host, None)
+            except OSError as err:
+                raise BadInput(f"--rdzv-endpoint {self.rdzv_endpoint}: {host} does not resolve "
+                               f"({err.strerror}); name the node that hosts the rendezvous as "
+                               f"the other nodes reach it") from None
+
+    def unmet(self) -> BadInput:
+        """The one line for a rendezvous that did not complete."""
+        if self.standalone:
+            return BadInput(f"the {self.processes} local processes did not meet within "
+                            f"--rdzv-timeout {self.rdzv_timeout} s")
+        return BadInput(
+            f"the rendezvous at {self.rdzv_endpoint} did not complete within --rdzv-timeout "
+            f"{self.rdzv_timeout} s (--nnodes {self.nnodes}, --nproc-per-node {self.nproc_per_node}): "
+            f"check that every node runs the same command with the same --rdzv-endpoint"
+            f"{' and --rdzv-id' if self.rdzv_backend == 'c10d' else ''}, and that the "
+            f"endpoint's host accepts connections on that port")
 
 
 class JobFailed(ProjectError):
@@ -79,6 +106,8 @@ def launch(nodes: Nodes, argv: list[str]) -> int:
     out = check_run_folder(recipe)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed import DistNetworkError, DistStoreError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import elastic_launch
 
     with tempfile.TemporaryDirectory(prefix="mlit-ranks-") as reports, \
@@ -87,16 +116,58 @@ def launch(nodes: Nodes, argv: list[str]) -> int:
         os.environ.setdefault("OMP_NUM_THREADS",
                               str(max(1, (os.cpu_count() or 1) // nodes.nproc_per_node)))
         quiet_elastic_logs()
+        workers_get_the_cpp_log_back()
         try:
-            elastic_launch(launch_config(nodes), sys.executable)("-m", "mlit.train", *argv)
+            with served_while_blocked(nodes, out):
+                elastic_launch(launch_config(nodes), sys.executable)("-m", "mlit.train", *argv)
             return 0
         except ChildFailedError as err:
             failures = {rank: f.exitcode for rank, f in err.failures.items()}
             raise outcome(distributed.read_reports(Path(reports)), failures, 0,
                           nodes.processes, out) from None
+        except (RendezvousError, DistStoreError, DistNetworkError):  # static: the store's
+            raise nodes.unmet() from None
         except SignalException as err:
             raise outcome(distributed.read_reports(Path(reports)), {}, int(err.sigval),
                           nodes.processes, out) from None
+
+
+@contextlib.contextmanager
+def served_while_blocked(nodes: Nodes, out: Path, grace: float = 5.0):
+    """A signal is served within seconds while the nodes meet. Until the workers start, the
+    launcher's own handlers (run_command's) answer SIGINT and SIGTERM; but a rendezvous
+    blocked in torch's native code (a connection to an endpoint that does not answer) does
+    not return to Python for them. A thread woken by the signal (signal.set_wakeup_fd) ends
+    the launcher with the usual line when, `grace` seconds later, the handler still in place
+    is the launcher's and it has not run. Once the workers start, torch's agent has its own
+    handlers, which stop the workers first, and the thread does nothing."""
+    import threading
+
+    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    left = threading.Event()  # the launch returned or raised: the main thread is serving
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        with os.fdopen(read, "rb", buffering=0) as wakeups:
+            while received := wakeups.read(64):  # b"" once the launch closed its end
+                for signum in {s for s in received if s in ours}:
+                    if signal.getsignal(signum) is not ours[signum]:
+                        continue  # torch's agent serves it: the workers run
+                    if not left.wait(grace):
+                        print(f"mlit.train: interrupted by {signal.Signals(signum).name} "
+                              f"while the nodes met at {nodes.rdzv_endpoint or 'this machine'}"
+                              f"; {resume_advice(out)}", file=sys.stderr, flush=True)
+                        os._exit(128 + signum)
+
+    threading.Thread(target=watch, name="mlit-signal-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        left.set()
+        signal.set_wakeup_fd(previous)
+        os.close(write)
 
 
 @contextlib.contextmanager
@@ -112,8 +183,13 @@ def reporting_to(folder: str):
 def launch_config(nodes: Nodes):
     from torch.distributed.launcher.api import LaunchConfig
 
-    standalone = nodes.nnodes == 1 and not nodes.rdzv_endpoint
-    configs = {"rank": nodes.node_rank} if nodes.rdzv_backend == "static" else {}
+    standalone = nodes.standalone
+    # the whole rendezvous within --rdzv-timeout; one connection attempt to its store within
+    # 10 s, so that a signal to the launcher is served while it waits (torch's default: 60 s)
+    configs = {"timeout": nodes.rdzv_timeout, "join_timeout": nodes.rdzv_timeout,
+               "read_timeout": min(nodes.rdzv_timeout, 10)}
+    if nodes.rdzv_backend == "static":
+        configs["rank"] = nodes.node_rank
     return LaunchConfig(
         min_nodes=nodes.nnodes, max_nodes=nodes.nnodes, nproc_per_node=nodes.nproc_per_node,
         run_id=nodes.rdzv_id or (str(uuid.uuid4()) if standalone else "mlit"),
@@ -122,6 +198,15 @@ def launch_config(nodes: Nodes):
         rdzv_configs=configs,
         max_restarts=0,  # a rerun of the same command resumes; a restart would repeat a bad input
         monitor_interval=0.1)
+
+
+QUIETED = "MLIT_QUIETED_CPP_LOG"  # mlit/__init__.py turned torch's C++ log off for the launcher
+
+
+def workers_get_the_cpp_log_back() -> None:
+    """The workers start with the C++ log level the user had (mlit/__init__.py)."""
+    if os.environ.pop(QUIETED, None):
+        os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
 
 
 def quiet_elastic_logs() -> None:
