@@ -375,7 +375,10 @@ def test_files_get_the_mode_the_umask_gives(run):
 
 
 # -- 5. Ctrl-C and SIGTERM ------------------------------------------------------------------------
-def start_training(out: Path, epochs: int = 40) -> subprocess.Popen:
+EPOCHS = 8  # fine-tuning: the signal comes in epoch 3, with seconds of training left
+
+
+def start_training(out: Path, epochs: int = EPOCHS) -> subprocess.Popen:
     args = [*QUICK, f"train.out={out}", "pretrain.epochs=2", f"finetune.epochs={epochs}",
             "finetune.checkpoint_every=1", "train.threads=1"]
     return subprocess.Popen([sys.executable, "-m", "mlit.train", *args], cwd=ROOT,
@@ -409,8 +412,8 @@ def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
     # after the step in flight, with a checkpoint of that step (tests/test_preemption.py), or,
     # when the signal came while an epoch ended, of that epoch
     where = re.fullmatch(
-        rf"mlit.train: interrupted by {name} in stage finetune at step (\d+) of 880 \(epoch "
-        rf"(\d+) of 40\); the last checkpoint is {re.escape(str(out))}/finetune/checkpoint.pt "
+        rf"mlit.train: interrupted by {name} in stage finetune at step (\d+) of {22 * EPOCHS} "
+        rf"\(epoch (\d+) of {EPOCHS}\); the last checkpoint is {re.escape(str(out))}/finetune/checkpoint.pt "
         r"\((?:step (\d+), \d+ into epoch (\d+)|epoch (\d+))\); run the same command again "
         r"to resume", lines[-1])
     assert "Traceback" not in err and where, err
@@ -420,10 +423,11 @@ def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
         assert int(where[1]) == 22 * int(where[5]) and int(where[2]) == int(where[5]) + 1
     if signum == signal.SIGTERM:
         return  # the resume is the same for both; once is enough for the suite's time
-    resumed = start_training(out)
-    assert resumed.wait(timeout=600) == 0, resumed.communicate()
     straight = tmp_path / "straight"
-    assert start_training(straight).wait(timeout=600) == 0
+    resumed, unbroken = start_training(out), start_training(straight)  # one thread each
+    for proc in (resumed, unbroken):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
     a = torch.load(out / "finetune" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(straight / "finetune" / "checkpoint.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -19,6 +19,9 @@ MODELS = [name if name == "mlit_micro" else
           pytest.param(name, marks=pytest.mark.slow)
           for name in [*CONFIGS, *(f"m{name}" for name in CONFIGS)]]
 CLASSES = 10
+# torch.export's strict mode (TorchDynamo's tracer, twice the time of the default non-strict
+# one) on the smallest model of each depth of code: the larger sizes run the same modules
+STRICT_TOO = {"mlit_micro", "mmlit_micro", "mlit_xxs", "mmlit_xxs"}
 
 
 def build(name: str) -> torch.nn.Module:
@@ -52,13 +55,14 @@ def close(got, want, tol=1e-5):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_a_recorded_graph_computes_the_eager_model(name):
-    """torch.export (strict and not, a dynamic batch run at 1 and 7), fx, script and trace
-    give eager's outputs in eval; in train mode each records, runs and passes gradients to
-    every weight."""
+    """torch.export (non-strict, and strict too on STRICT_TOO; a dynamic batch run at 1 and 7),
+    fx, script and trace give eager's outputs in eval; in train mode each records, runs and
+    passes gradients to every weight."""
     torch.manual_seed(0)
     model = build(name).eval()
     x, batch = images(model, 2), torch.export.Dim("batch", min=1, max=64)
-    for strict in (False, True):
+    modes = (False, True) if name in STRICT_TOO else (False,)
+    for strict in modes:
         program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},),
                                       strict=strict).module()
         for n in (1, 7):
@@ -71,7 +75,7 @@ def test_a_recorded_graph_computes_the_eager_model(name):
 
     model.train()
     x3 = images(model, 3)
-    for strict in (False, True):
+    for strict in modes:
         program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},),
                                       strict=strict).module()
         assert first(program(x3)).shape == (3, out_width(name))
