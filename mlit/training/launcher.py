@@ -104,9 +104,9 @@ def launch(nodes: Nodes, argv: list[str]) -> int:
     recipe = load_recipe(argv[0], argv[1:])
     check_inputs(recipe, nodes.processes)
     out = check_run_folder(recipe)
+    from torch.distributed import DistNetworkError, DistStoreError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed import DistNetworkError, DistStoreError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import elastic_launch
 
