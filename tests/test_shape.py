@@ -108,6 +108,17 @@ MICRO = {
 
 
 @pytest.mark.slow
+def test_the_plan_tells_which_shape_it_counts(tmp_path):
+    """`shape plan` shows it on a terminal while the FLOPs are counted."""
+    from mlit.shape.plan import plan
+
+    recipe = tmp_path / "micro.yaml"
+    recipe.write_text(yaml.safe_dump(MICRO))
+    told = []
+    runs = plan(load_sweep(str(recipe), []), tmp_path, lambda i, n: told.append((i, n)))
+    assert told == [(0, 3), (1, 3), (2, 3)] and len(runs) == 9
+
+
 def test_a_micro_sweep_plans_runs_fits_and_reports(tmp_path, capsys):
     recipe = tmp_path / "micro.yaml"
     recipe.write_text(yaml.safe_dump(MICRO))

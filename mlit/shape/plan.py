@@ -26,10 +26,10 @@ def images_per_epoch(sweep: ShapeSweep, kind: str, train_size: int) -> int:
     return train_size // batch * batch
 
 
-def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[PlannedRun]:
+def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".", progress=None) -> list[PlannedRun]:
     """Every (shape, budget); first stages first, in a stable order, so shards are too. Each
     shape's FLOPs are counted once (on the meta device, mlit/model/flops.py) and the
-    dataset is looked at once."""
+    dataset is looked at once. progress(i, n), when given, is told before shape i of n."""
     sweep_dir = Path(sweep_dir)
     info = dataset_info(sweep.data)
 
@@ -38,7 +38,10 @@ def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[PlannedRun]:
                                                                    info.train_size))))
 
     first, second = [], []
-    for shape, arms in sweep.shapes():
+    shapes = sweep.shapes()
+    for i, (shape, arms) in enumerate(shapes):
+        if progress is not None:
+            progress(i, len(shapes))
         cfg = model_settings(sweep.model_for(shape), num_classes=info.num_classes)
         counted = {}  # stage kind -> training FLOPs per image, for every budget
         for budget in sweep.budgets:
