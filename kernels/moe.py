@@ -8,7 +8,7 @@ the shared one of V and W and P_e the expert's own (moe_kernels.py); W2 stays a 
 Backward: one fused kernel recomputes a_e and writes dvalue, dact and dgates; the weight and
 input gradients are three GEMMs over them. The algebra needs W2 shared, so the kernel serves
 shared = v_w2 and w_w2; with w_v every expert owns its W2 and there is no single hidden
-activation to write (support.TRITON_ARRANGEMENTS).
+activation to write (mlit.kernels.arrangements).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from mlit.kernels.arrangements import own_and_common
 from mlit.kernels.interpreter_compat import patch_interpreter
 from mlit.kernels.moe_kernels import moe_hidden_bwd_kernel, moe_hidden_fwd_kernel
 from mlit.kernels.support import TRITON_ARRANGEMENTS, kernel_dtype
@@ -123,8 +124,7 @@ def triton_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
     """mlit.model.dispatch's contract on the Triton kernels. Under autocast the kernel runs in the
     autocast dtype (custom ops are not autocast by themselves)."""
     swish_shared = TRITON_ARRANGEMENTS[shared]  # mlit.model.dispatch checked the arrangement
-    # the kernel's (own, shared) projections: (W_e, V) for v_w2, (V_e, W) for w_w2
-    own, own_bias, common, common_bias = (v, c, w, b) if swish_shared else (w, b, v, c)
+    own, own_bias, common, common_bias, _ = own_and_common(shared, w, b, v, c)
     dtype = kernel_dtype(x)
     x, own, own_bias, common, common_bias = (t.to(dtype).contiguous() for t in
                                              (x, own, own_bias, common, common_bias))

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import torch
 
-# The kernel needs W2 shared (a single hidden activation to write), so it serves these two
-# arrangements of paper Table 9; the value says whether the swish sits on the shared
-# projection (w_w2: W shared, V_e own) rather than on the expert's own (v_w2).
-TRITON_ARRANGEMENTS = {"v_w2": False, "w_w2": True}  # shared -> SWISH_SHARED
+from mlit.kernels.arrangements import ARRANGEMENTS
+
+# The kernel needs W2 shared (a single hidden activation to write), so it serves those
+# arrangements (v_w2, w_w2); the value is its SWISH_SHARED switch: whether the swish sits on
+# the shared projection (w_w2) rather than on each expert's own (v_w2).
+TRITON_ARRANGEMENTS = {name: not a.swish_on_own for name, a in ARRANGEMENTS.items()
+                       if a.w2_shared}
 
 
 def kernel_dtype(x: torch.Tensor) -> torch.dtype:

@@ -8,6 +8,28 @@ from mlit.model.dispatch import expert_mixture
 from mlit.model.moe import MoELayer, NoisyTopKGate, cv_squared
 
 
+def test_one_declaration_of_the_sharing_arrangements():
+    """mlit.kernels.arrangements: the table, the forms TorchScript compiles, the model's
+    parameters, the kernel's switch and the dispatch's list all say the same thing."""
+    from mlit.kernels.arrangements import ARRANGEMENTS, SHARED, own_and_common, owns_w2
+    from mlit.kernels.support import TRITON_ARRANGEMENTS
+    from mlit.model.dispatch import TRITON_SHARED
+    from mlit.model.moe import SharedSwiGLUExperts
+
+    assert SHARED == ("v_w2", "w_w2", "w_v") and TRITON_SHARED == ("v_w2", "w_w2")
+    projections = {"w": "swish_proj", "v": "value_proj", "w2": "out_proj"}
+    for name, a in ARRANGEMENTS.items():
+        assert owns_w2(name) == (not a.w2_shared) == (a.owned == "w2")
+        experts = SharedSwiGLUExperts(8, 6, 3, shared=name)
+        assert not hasattr(experts, projections[a.owned])  # the expert-owned one is stacked
+        assert all(hasattr(experts, p) for o, p in projections.items() if o != a.owned)
+        if a.w2_shared:
+            own, _, common, _, swish_own = own_and_common(name, "W", "b", "V", "c")
+            assert (own.lower(), common.lower(), swish_own) == (
+                a.owned, {"w": "v", "v": "w"}[a.owned], a.swish_on_own)
+            assert TRITON_ARRANGEMENTS[name] == (not a.swish_on_own)  # SWISH_SHARED
+
+
 def make_gate(dim=16, experts=4, k=2, **kw):
     return NoisyTopKGate(dim, experts, k, **kw)
 

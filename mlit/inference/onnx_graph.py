@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlit.kernels.arrangements import ARRANGEMENTS, own_and_common
 from mlit.model.encoder import MLiT, MLiTEncoder
 from mlit.model.moe import MoELayer
 
@@ -168,7 +169,8 @@ def mixture_of_experts(g: GraphBuilder, x: str, moe: MoELayer, name: str) -> tup
     w, b, v, c, w2, b2 = (t.detach() for t in experts.projections())
     router = moe.gate.w_gate.detach()  # (d, E)
     no_bias = torch.zeros(E)
-    if experts.shared == "w_v":  # each expert owns W2: the hidden layer is shared
+    arrangement = ARRANGEMENTS[experts.shared]
+    if not arrangement.w2_shared:  # each expert owns W2: the hidden layer is shared
         h = w.shape[0]
         weight = torch.cat([router, w.t(), v.t()], dim=1)
         proj = gemm(g, x, weight, torch.cat([no_bias, b, c]), f"{name}.proj")
@@ -181,7 +183,7 @@ def mixture_of_experts(g: GraphBuilder, x: str, moe: MoELayer, name: str) -> tup
                     f"{name}.experts")
         outs = g.reshape(outs, [-1, E, d], f"{name}.experts.each")
         return gated_sum(g, outs, gates, f"{name}.mixed"), chosen
-    own, own_b, common, common_b = (w, b, v, c) if experts.shared == "v_w2" else (v, c, w, b)
+    own, own_b, common, common_b, _ = own_and_common(experts.shared, w, b, v, c)
     d, h = own.shape[1], own.shape[2]
     weight = torch.cat([router, common.t(), own.permute(1, 0, 2).reshape(d, E * h)], dim=1)
     proj = gemm(g, x, weight, torch.cat([no_bias, common_b, own_b.reshape(-1)]), f"{name}.proj")
@@ -189,7 +191,7 @@ def mixture_of_experts(g: GraphBuilder, x: str, moe: MoELayer, name: str) -> tup
                                  f"{name}.proj.split", outputs=3, axis=1)
     gates, chosen = top_k_gate(g, logits, k, f"{name}.gate")
     owned = g.reshape(owned, [-1, E, h], f"{name}.own")
-    if experts.shared == "v_w2":  # the swish is on each expert's own W
+    if arrangement.swish_on_own:  # v_w2: the swish is on each expert's own W
         owned = silu(g, owned, f"{name}.own.swish")
     else:
         shared = silu(g, shared, f"{name}.shared.swish")

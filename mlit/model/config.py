@@ -10,8 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from mlit.kernels.arrangements import SHARED
 from mlit.model.dispatch import TRITON_SHARED
-from mlit.model.mixtures import SHARED
 
 HEADS = ("linear", "mlp")
 MOE_IMPLS = ("auto", "torch", "dense", "triton")

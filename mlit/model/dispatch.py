@@ -52,10 +52,10 @@ try:  # fx's symbolic tracing alone (newer torch; the older name also answers un
 except ImportError:
     from torch.fx._symbolic_trace import is_fx_tracing
 
+from mlit.kernels.arrangements import SHARED
 from mlit.kernels.support import TRITON_ARRANGEMENTS, kernel_dtype
 from mlit.model.kernel_check import KernelFault, check_device
 from mlit.model.mixtures import (
-    SHARED,
     dense_expert_mixture,
     meta_expert_mixture,
     torch_expert_mixture,

@@ -8,15 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SHARED = ("v_w2", "w_w2", "w_v")
-
-
-def _own_and_common(shared: str, w, b, v, c):
-    """(own weight, own bias, common weight, common bias, swish on the own side) for the
-    arrangements whose W2 is shared."""
-    if shared == "v_w2":
-        return w, b, v, c, True
-    return v, c, w, b, False
+from mlit.kernels.arrangements import own_and_common, owns_w2
 
 
 def routed_to(gates: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +22,7 @@ def routed_to(gates: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
     """Sparse reference: expert e only sees the tokens routed to it."""
-    if shared == "w_v":
+    if owns_w2(shared):  # one hidden layer, E output projections
         hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)  # (N, h), shared
         out = hidden.new_zeros(x.shape[0], w2.shape[2])
         for e in range(gates.shape[1]):
@@ -39,7 +31,7 @@ def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
                 y_e = torch.addmm(b2[e], hidden.index_select(0, routed), w2[e])
                 out.index_add_(0, routed, y_e * gate_e.to(y_e.dtype))
         return out
-    own, own_bias, common, common_bias, swish_own = _own_and_common(shared, w, b, v, c)
+    own, own_bias, common, common_bias, swish_own = own_and_common(shared, w, b, v, c)
     value = F.linear(x, common, common_bias)  # (N, h), the shared factor
     if not swish_own:
         value = F.silu(value)
@@ -57,13 +49,13 @@ def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
 
 def dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
     """Every expert on every token: one GEMM, then a gated sum."""
-    if shared == "w_v":
+    if owns_w2(shared):
         E, h, d = w2.shape
         hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)
         outs = torch.addmm(b2.reshape(E * d), hidden,
                            w2.permute(1, 0, 2).reshape(h, E * d)).view(-1, E, d)
         return torch.einsum("ne,ned->nd", gates.to(outs.dtype), outs)
-    own, own_bias, common, common_bias, swish_own = _own_and_common(shared, w, b, v, c)
+    own, own_bias, common, common_bias, swish_own = own_and_common(shared, w, b, v, c)
     E, d, h = own.shape
     w_all = torch.cat([common.t(), own.permute(1, 0, 2).reshape(d, E * h)], dim=1)
     b_all = torch.cat([common_bias, own_bias.reshape(E * h)])
@@ -80,11 +72,11 @@ def meta_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str, top_k: int):
     projection. Which expert a token goes to changes no product's size, so a FLOP count here
     (mlit/model/flops.py) is the sparse reference's, and the output has the mixture's shape."""
     pairs = x.repeat_interleave(top_k, dim=0)  # (N*k, d)
-    if shared == "w_v":
+    if owns_w2(shared):
         hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)
         y = torch.addmm(b2[0], hidden.repeat_interleave(top_k, dim=0), w2[0])
         return y.view(x.shape[0], top_k, -1).sum(1)
-    own, own_bias, common, common_bias, swish_own = _own_and_common(shared, w, b, v, c)
+    own, own_bias, common, common_bias, swish_own = own_and_common(shared, w, b, v, c)
     value = F.linear(x, common, common_bias)
     if not swish_own:
         value = F.silu(value)

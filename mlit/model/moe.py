@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mlit.kernels.arrangements import ARRANGEMENTS, SHARED
 from mlit.model.dispatch import expert_mixture, is_fx_tracing
-from mlit.model.mixtures import SHARED
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -148,10 +148,6 @@ class NoisyTopKGate(nn.Module):
         return torch.special.ndtr((clean - threshold) / noise_std)
 
 
-# which of W (under the swish), V and W2 each expert owns, per sharing arrangement
-OWNED = {"v_w2": "w", "w_w2": "v", "w_v": "w2"}
-
-
 class SharedSwiGLUExperts(nn.Module):
     """E SwiGLU experts E_i(x) = (Swish(x W + b) * (x V + c)) W2 + b2 that share two of the
     three projections (`shared`, Table 9) and own the third, `expert_weight`/`expert_bias`
@@ -163,7 +159,7 @@ class SharedSwiGLUExperts(nn.Module):
         super().__init__()
         if shared not in SHARED:
             raise ValueError(f"shared={shared!r}: must be one of {', '.join(SHARED)}")
-        self.impl, self.shared, self.owned = impl, shared, OWNED[shared]
+        self.impl, self.shared, self.owned = impl, shared, ARRANGEMENTS[shared].owned
         self.top_k = top_k  # the gates say it; the meta device, which has none, is told
         fan_in, fan_out = (hidden, dim) if self.owned == "w2" else (dim, hidden)
         self.expert_weight = nn.Parameter(torch.empty(num_experts, fan_in, fan_out))
