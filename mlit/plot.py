@@ -22,8 +22,7 @@ from mlit.cli import run_command
 from mlit.errors import BadInput
 from mlit.files.paths import output_folder
 from mlit.files.records import read_epochs
-
-PRETRAINING = ("pretrain", "simclr")
+from mlit.model.stage_kinds import CLASSIFIERS, PRETRAINING
 
 
 def read_run(folder: Path) -> list[dict]:
@@ -81,7 +80,7 @@ def plot_runs(runs: dict[str, list[dict]], out: Path) -> list[Path]:
     if len(runs) == 1:
         runs = {"": next(iter(runs.values()))}
     out.mkdir(parents=True, exist_ok=True)
-    classifier = ("linprobe", "finetune", "supervised")
+    classifier = CLASSIFIERS
     every = PRETRAINING + classifier
     made = []
     for name, lines, title, ylabel, loglog in [

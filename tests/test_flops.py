@@ -5,6 +5,7 @@ import pytest
 
 import mlit
 from mlit.model.flops import active_params, forward_flops, training_flops
+from mlit.model.stage_kinds import STAGE_KINDS
 
 
 def hand_count(cfg, num_classes=100) -> int:
@@ -59,6 +60,6 @@ def test_the_meta_device_count_is_the_count_of_a_real_sparse_step(kind, shared):
     cfg = mlit.model_config("mlit_micro", num_classes=10, shared=shared, top_k=2)
     torch.manual_seed(0)
     model = flops.module_for(kind, cfg.replace(moe_impl="torch")).train()
-    images = torch.randn(2 * flops.VIEWS.get(kind, 1), 3, 12, 12)
+    images = torch.randn(2 * STAGE_KINDS[kind].views, 3, 12, 12)
     real = flops.count(lambda: flops.scalar_output(model(images)).backward()) / 2
     assert training_flops(cfg, kind) == real

@@ -24,9 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mlit.model.config import MLiTConfig
 from mlit.model.moe import MoELayer
 from mlit.model.registry import module_for
-
-# a view count per image: SimCLR trains on two views of every image
-VIEWS = {"simclr": 2}
+from mlit.model.stage_kinds import STAGE_KINDS
 
 
 def count(fn) -> int:
@@ -42,7 +40,7 @@ def counting_model(cfg: MLiTConfig, kind: str):
 
 
 def example_batch(cfg: MLiTConfig, kind: str, batch: int) -> torch.Tensor:
-    views = VIEWS.get(kind, 1)
+    views = STAGE_KINDS[kind].views
     return torch.randn(batch * views, cfg.in_channels, cfg.image_size, cfg.image_size,
                        device="meta")
 

@@ -8,14 +8,12 @@ from torch import nn
 from mlit.model.config import MLiTConfig
 from mlit.model.encoder import MLiT, MLiTEncoder
 from mlit.model.mae import MaskedAutoEncoder
-from mlit.model.probe import LinearProbe
-from mlit.model.simclr import SimCLR
+from mlit.model.stage_kinds import CLASSIFIERS, STAGE_KINDS
 
-# what each kind of file or stage holds: pretrain (the MAE), simclr, linprobe (a frozen encoder
-# and its linear probe), finetune or supervised (the classifier), encoder (an encoder-only
-# export)
-KINDS = ("pretrain", "simclr", "linprobe", "finetune", "supervised", "encoder")
-CLASSIFIER_KINDS = ("linprobe", "finetune", "supervised")
+# what a file can hold: a stage kind's module (mlit/model/stage_kinds.py) or, for an
+# encoder-only export, the encoder alone
+KINDS = (*STAGE_KINDS, "encoder")
+CLASSIFIER_KINDS = CLASSIFIERS
 
 # Only what differs from MLiTConfig's defaults (which are mLiT-S with the 0.34M decoder).
 CONFIGS: dict[str, dict] = {
@@ -54,12 +52,6 @@ def create_mae(name: str, **overrides) -> MaskedAutoEncoder:
 
 def module_for(kind: str, cfg: MLiTConfig) -> nn.Module:
     """The module a stage of `kind` trains, or a file of that kind holds (KINDS)."""
-    if kind == "pretrain":
-        return MaskedAutoEncoder(cfg)
-    if kind == "simclr":
-        return SimCLR(cfg)
     if kind == "encoder":
         return MLiTEncoder(cfg)
-    if kind == "linprobe":
-        return LinearProbe(cfg)
-    return MLiT(cfg)
+    return STAGE_KINDS[kind].module(cfg)

@@ -23,9 +23,9 @@ from pydantic import Strict as PydanticStrict
 
 from mlit.model.config import MLiTConfig
 from mlit.model.registry import model_config
+from mlit.model.stage_kinds import CLASSIFIERS, FROM_PRETRAINING, PRETRAINING, STAGE_ORDER
 from mlit.recipe.reading import RecipeError, Strict, read_tree, validate
 
-STAGE_ORDER = ("pretrain", "simclr", "linprobe", "finetune", "supervised")
 Fraction = Annotated[float, PydanticStrict(), Field(ge=0)]  # a number, never a bool or a string
 
 
@@ -199,13 +199,12 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _stages_fit(self):
         if not any(getattr(self, s) for s in STAGE_ORDER):
-            raise ValueError("a recipe needs at least one of pretrain, simclr, linprobe, "
-                             "finetune, supervised")
+            raise ValueError(f"a recipe needs at least one of {', '.join(STAGE_ORDER)}")
         if self.finetune and self.supervised:
             raise ValueError("finetune and supervised exclude each other: pick one")
         if self.pretrain and self.simclr:
             raise ValueError("pretrain and simclr exclude each other: pick one pre-training")
-        for kind in ("finetune", "linprobe"):
+        for kind in FROM_PRETRAINING:
             stage = getattr(self, kind)
             if stage and not (self.pretraining_stage() or stage.init):
                 raise ValueError(f"{kind} needs a pretrain stage or {kind}.init=<checkpoint>")
@@ -216,19 +215,19 @@ class Recipe(Strict):
             if importlib.util.find_spec("timm") is None:
                 raise ValueError("linprobe.optimizer=lars is timm's LARS: install timm "
                                  "(pip install timm), or use sgd")
-        for kind in ("pretrain", "simclr"):
+        for kind in PRETRAINING:
             if getattr(self, kind) and getattr(self, kind).layer_decay != 1.0:
                 raise ValueError(f"{kind}.layer_decay applies to classifiers only; leave it 1.0")
-        for kind in ("linprobe", "finetune", "supervised"):
+        for kind in CLASSIFIERS:
             stage = getattr(self, kind)
             if stage and stage.knn_every:
                 raise ValueError(f"{kind}.knn_every={stage.knn_every}: the k-NN monitor "
-                                 "watches pre-training (pretrain, simclr); a classifier stage "
-                                 "reports its own test accuracy")
+                                 f"watches pre-training ({', '.join(PRETRAINING)}); a "
+                                 "classifier stage reports its own test accuracy")
         return self
 
     def pretraining_stage(self) -> Optional[str]:
-        return "pretrain" if self.pretrain else "simclr" if self.simclr else None
+        return next((kind for kind in PRETRAINING if getattr(self, kind)), None)
 
     def stages(self) -> list[tuple[str, Stage]]:
         return [(s, getattr(self, s)) for s in STAGE_ORDER if getattr(self, s) is not None]

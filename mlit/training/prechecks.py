@@ -13,6 +13,7 @@ from pathlib import Path
 from mlit.data.catalogue import build_dataset
 from mlit.data.folder import checked_layout
 from mlit.files.lock import FolderLock
+from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.recipe.reading import RecipeError
 from mlit.recipe.schema import Recipe
 from mlit.training.run_folder import (
@@ -40,7 +41,7 @@ def check_inputs(recipe: Recipe, processes: int) -> None:
         if stage.batch_size > len(train):
             raise RecipeError(f"{kind}.batch_size={stage.batch_size} exceeds the {len(train)} "
                               f"training images of {data.dataset}")
-        if kind in ("linprobe", "finetune") and stage.init:
+        if STAGE_KINDS[kind].from_pretraining and stage.init:
             pretrained_encoder(recipe, output_dir(recipe), stage, kind)
 
 

@@ -15,6 +15,7 @@ from mlit.errors import Interrupted
 from mlit.files.atomic import DiskFull, write_json
 from mlit.files.lock import FolderLock
 from mlit.files.tensorboard import TensorBoard
+from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.recipe.schema import Recipe
 from mlit.training.engine import NonFiniteLoss, select_device, select_precision
 from mlit.training.prechecks import BUSY_ADVICE, check_inputs
@@ -72,7 +73,7 @@ def run_stages(recipe: Recipe, out: Path) -> dict:
     writer = TensorBoard(out / "tb", enabled=w.writer)
     try:
         for kind, stage in recipe.stages():
-            if kind in ("linprobe", "finetune"):
+            if STAGE_KINDS[kind].from_pretraining:
                 encoder_init = pretrained_encoder(recipe, out, stage, kind)
             stage_run = StageRun(recipe, kind, stage, out, precision, writer, encoder_init)
             try:

@@ -26,8 +26,9 @@ from mlit.data.folder import checked_layout
 from mlit.files import modelfile
 from mlit.files.atomic import remove_orphans, write_json, write_text_atomic
 from mlit.files.records import read_data_stats
+from mlit.model.stage_kinds import STAGE_KINDS, STAGE_ORDER
 from mlit.recipe.reading import RecipeError, parse_yaml
-from mlit.recipe.schema import STAGE_ORDER, Recipe, Stage, build_recipe, recipe_to_yaml
+from mlit.recipe.schema import Recipe, Stage, build_recipe, recipe_to_yaml
 from mlit.training.resume import changed_fields
 
 DATA_STATS = "data_stats.json"  # a folder dataset's classes and normalisation
@@ -145,7 +146,7 @@ def settle_data(recipe: Recipe, out: Path) -> Recipe:
 def check_classes(recipe: Recipe, classes) -> None:
     """A folder dataset's classes serve the recipe's stages: a classifier needs two or more."""
     root = recipe.data.root
-    classifier = [k for k, _ in recipe.stages() if k in ("linprobe", "finetune", "supervised")]
+    classifier = [k for k, _ in recipe.stages() if STAGE_KINDS[k].classifier]
     if classifier and not classes:
         raise DatasetInvalid(f"{root}/train: images without class folders serve MAE or "
                              f"SimCLR pre-training only; the {classifier[0]} stage needs "

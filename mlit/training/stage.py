@@ -27,6 +27,7 @@ from mlit.files.jsonl import append_jsonl, drop_epochs_after
 from mlit.files.weights import load_weights
 from mlit.model.dispatch import check_before_compile
 from mlit.model.encoder import MLiT
+from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.recipe.schema import Recipe, Stage
 from mlit.training.engine import (
     Precision,
@@ -68,11 +69,11 @@ class StageRun:
             self.step_model = torch.compile(self.step_model, mode=recipe.train.compile_mode)
         size, device = self.model.cfg.image_size, precision.device
         classifier = isinstance(self.model, MLiT)
-        simclr = kind == "simclr"
+        two_views = STAGE_KINDS[kind].views == 2  # SimCLR's pairs
         self.train_loader = train_loader(recipe.data, stage.augment, size, stage.batch_size,
-                                         device, two_views=simclr)
+                                         device, two_views=two_views)
         self.test_loader = eval_loader(recipe.data, size, stage.batch_size, device,
-                                       two_views_aug=stage.augment if simclr else None)
+                                       two_views_aug=stage.augment if two_views else None)
         self.train_eval_loader = (eval_loader(recipe.data, size, stage.batch_size, device,
                                               train=True)
                                   if stage.eval_train and classifier else None)
@@ -80,7 +81,7 @@ class StageRun:
                        if classifier else None)
         labelled = dataset_info(recipe.data).num_classes > 1  # a folder of loose images: no
         self.knn = KnnMonitor(kind, recipe.data, stage, self.model, precision) \
-            if kind in ("pretrain", "simclr") and stage.knn_every and labelled else None
+            if STAGE_KINDS[kind].pretrains and stage.knn_every and labelled else None
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = stage.epochs * self.steps_per_epoch
         self.warmup_steps = round(stage.warmup_epochs * self.steps_per_epoch)
