@@ -63,3 +63,22 @@ def test_the_meta_device_count_is_the_count_of_a_real_sparse_step(kind, shared):
     images = torch.randn(2 * STAGE_KINDS[kind].views, 3, 12, 12)
     real = flops.count(lambda: flops.scalar_output(model(images)).backward()) / 2
     assert training_flops(cfg, kind) == real
+
+
+@pytest.mark.parametrize("kind", list(STAGE_KINDS))
+def test_every_stage_kind_builds_its_module_and_counts_its_training(kind):
+    """A row of mlit/model/stage_kinds.py: the module the registry builds for it, a recipe
+    with that stage (after a pre-training where it starts from one), its FLOPs per image."""
+    from mlit.model.registry import module_for
+    from mlit.recipe.schema import build_recipe
+
+    row, cfg = STAGE_KINDS[kind], mlit.model_config("mlit_micro", num_classes=10)
+    assert type(module_for(kind, cfg)) is row.module
+    stage = {"epochs": 1, "batch_size": 8, "base_lr": 1e-3}
+    stages = {"pretrain": stage, kind: stage} if row.from_pretraining else {kind: stage}
+    recipe = build_recipe({"name": "row", "model": {"name": "mlit_micro"},
+                           "data": {"dataset": "digits"}, **stages})
+    assert [k for k, _ in recipe.stages()][-1] == kind
+    assert (recipe.pretraining_stage() is not None) == (row.pretrains or row.from_pretraining)
+    assert training_flops(cfg, kind) > 0
+

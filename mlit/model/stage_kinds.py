@@ -1,6 +1,6 @@
 """Stage kinds: what each kind of recipe stage trains and how the rest of the project treats
 it, one row each. The recipe's schema, the runner, the FLOP count, the files and the figures
-look a kind up here instead of listing kinds of their own.
+look a kind up here instead of listing kinds of their own (tests/test_flops.py runs every row).
 
 A recipe runs its stages in the table's order: pre-training (the MAE or SimCLR), then a
 linear probe or fine-tuning of the pre-trained encoder, or supervised training from scratch.
@@ -22,7 +22,6 @@ from mlit.model.simclr import SimCLR
 class StageKind:
     name: str
     module: type[nn.Module]  # what the stage trains (and a checkpoint of it holds)
-    label: str  # how figures and logs name it
     pretrains: bool = False  # trains an encoder for a later stage; the k-NN monitor applies
     classifier: bool = False  # trains a head on the labels: its files name the classes
     from_pretraining: bool = False  # starts from a pre-trained encoder (a stage or `init`)
@@ -30,11 +29,11 @@ class StageKind:
 
 
 STAGE_KINDS = {kind.name: kind for kind in (
-    StageKind("pretrain", MaskedAutoEncoder, "MAE pre-training", pretrains=True),
-    StageKind("simclr", SimCLR, "SimCLR pre-training", pretrains=True, views=2),
-    StageKind("linprobe", LinearProbe, "linear probe", classifier=True, from_pretraining=True),
-    StageKind("finetune", MLiT, "fine-tuning", classifier=True, from_pretraining=True),
-    StageKind("supervised", MLiT, "supervised training", classifier=True),
+    StageKind("pretrain", MaskedAutoEncoder, pretrains=True),
+    StageKind("simclr", SimCLR, pretrains=True, views=2),
+    StageKind("linprobe", LinearProbe, classifier=True, from_pretraining=True),
+    StageKind("finetune", MLiT, classifier=True, from_pretraining=True),
+    StageKind("supervised", MLiT, classifier=True),
 )}
 STAGE_ORDER = tuple(STAGE_KINDS)  # the order in which a recipe runs its stages
 PRETRAINING = tuple(k for k, s in STAGE_KINDS.items() if s.pretrains)
