@@ -184,10 +184,11 @@ def launch_config(nodes: Nodes):
     from torch.distributed.launcher.api import LaunchConfig
 
     standalone = nodes.standalone
-    # the whole rendezvous within --rdzv-timeout; one connection attempt to its store within
-    # 10 s, so that a signal to the launcher is served while it waits (torch's default: 60 s)
+    # the whole rendezvous within --rdzv-timeout, the store's connection included (torch's
+    # default there is 60 s: a node started a minute before the host would give up); a
+    # signal meanwhile is served by served_while_blocked
     configs = {"timeout": nodes.rdzv_timeout, "join_timeout": nodes.rdzv_timeout,
-               "read_timeout": min(nodes.rdzv_timeout, 10)}
+               "read_timeout": nodes.rdzv_timeout}
     if nodes.rdzv_backend == "static":
         configs["rank"] = nodes.node_rank
     return LaunchConfig(
