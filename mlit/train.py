@@ -11,8 +11,9 @@ where a signal stopped it; one process at a time writes a run folder (a second o
 with the holder's PID).
 
 Several processes (docs/distributed.md): --nproc-per-node N [--nnodes M --rdzv-endpoint
-HOST:PORT --rdzv-id ID --rdzv-timeout SECONDS] starts them on torch's elastic launcher after checking the recipe,
-the data and the run folder once; `torchrun ... -m mlit.train RECIPE` works too.
+HOST:PORT --rdzv-id ID --rdzv-timeout SECONDS] starts them on torch's elastic launcher after
+checking the recipe, the data and the run folder once; `torchrun ... -m mlit.train RECIPE`
+works too.
 
 Exit status (mlit/errors.py): 0 done; 1 a fault at run time (a non-finite loss, a full disk,
 a lost process), with the last good checkpoint named; 2 bad input (recipe, dataset,

@@ -413,7 +413,8 @@ def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
     # when the signal came while an epoch ended, of that epoch
     where = re.fullmatch(
         rf"mlit.train: interrupted by {name} in stage finetune at step (\d+) of {22 * EPOCHS} "
-        rf"\(epoch (\d+) of {EPOCHS}\); the last checkpoint is {re.escape(str(out))}/finetune/checkpoint.pt "
+        rf"\(epoch (\d+) of {EPOCHS}\); the last checkpoint is "
+        rf"{re.escape(str(out))}/finetune/checkpoint.pt "
         r"\((?:step (\d+), \d+ into epoch (\d+)|epoch (\d+))\); run the same command again "
         r"to resume", lines[-1])
     assert "Traceback" not in err and where, err

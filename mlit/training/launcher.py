@@ -84,10 +84,10 @@ class Nodes:
                             f"--rdzv-timeout {self.rdzv_timeout} s")
         return BadInput(
             f"the rendezvous at {self.rdzv_endpoint} did not complete within --rdzv-timeout "
-            f"{self.rdzv_timeout} s (--nnodes {self.nnodes}, --nproc-per-node {self.nproc_per_node}): "
-            f"check that every node runs the same command with the same --rdzv-endpoint"
-            f"{' and --rdzv-id' if self.rdzv_backend == 'c10d' else ''}, and that the "
-            f"endpoint's host accepts connections on that port")
+            f"{self.rdzv_timeout} s (--nnodes {self.nnodes}, --nproc-per-node "
+            f"{self.nproc_per_node}): check that every node runs the same command with the "
+            f"same --rdzv-endpoint{' and --rdzv-id' if self.rdzv_backend == 'c10d' else ''}, "
+            f"and that the endpoint's host accepts connections on that port")
 
 
 class JobFailed(ProjectError):
