@@ -201,14 +201,18 @@ def test_nodes_that_never_meet_end_at_the_timeout_in_one_line(recipe, tmp_path, 
 
 def test_sigterm_while_the_rendezvous_blocks_is_served_in_seconds(recipe, tmp_path):
     """An endpoint that takes the connection and never answers holds torch's store client in
-    native code, where Python's handlers cannot run; the launcher still ends on SIGTERM."""
+    native code, where Python's handlers cannot run; the launcher still ends on SIGTERM, and
+    leaves no folder behind."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
         proc = subprocess.Popen([sys.executable, "-m", "mlit.train", "--nproc-per-node", "1",
                                  "--nnodes", "2", "--rdzv-endpoint", endpoint, str(recipe),
-                                 f"train.out={tmp_path / 'run'}"], cwd=ROOT, env=env(),
+                                 f"train.out={tmp_path / 'run'}"], cwd=ROOT,
+                                env={**env(), "TMPDIR": str(scratch)},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         connected, _, _ = select.select([silent], [], [], 120)  # the store client is waiting
         assert connected, "the launcher never reached the endpoint"
@@ -220,3 +224,6 @@ def test_sigterm_while_the_rendezvous_blocks_is_served_in_seconds(recipe, tmp_pa
         f"mlit.train: interrupted by SIGTERM while the nodes met at {endpoint}; no checkpoint "
         f"yet: run the same command again to start over"]
     assert time.time() - sent < 60  # 5 s of grace; a blocked launcher would wait 600 s
+    # the ranks' reports and torch's agent's logs went too (torch's compile cache may stay)
+    assert [p.name for p in scratch.iterdir() if p.name.startswith(("mlit-", "torchelastic"))] \
+        == []

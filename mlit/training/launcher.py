@@ -118,8 +118,9 @@ def launch(nodes: Nodes, argv: list[str]) -> int:
         quiet_elastic_logs()
         workers_get_the_cpp_log_back()
         try:
-            with served_while_blocked(nodes, out):
-                elastic_launch(launch_config(nodes), sys.executable)("-m", "mlit.train", *argv)
+            with served_while_blocked(nodes, out, Path(reports)):
+                elastic_launch(launch_config(nodes, Path(reports)), sys.executable)(
+                    "-m", "mlit.train", *argv)
             return 0
         except ChildFailedError as err:
             failures = {rank: f.exitcode for rank, f in err.failures.items()}
@@ -133,14 +134,16 @@ def launch(nodes: Nodes, argv: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def served_while_blocked(nodes: Nodes, out: Path, grace: float = 5.0):
+def served_while_blocked(nodes: Nodes, out: Path, reports: Path, grace: float = 5.0):
     """A signal is served within seconds while the nodes meet. Until the workers start, the
     launcher's own handlers (run_command's) answer SIGINT and SIGTERM; but a rendezvous
     blocked in torch's native code (a connection to an endpoint that does not answer) does
     not return to Python for them. A thread woken by the signal (signal.set_wakeup_fd) ends
     the launcher with the usual line when, `grace` seconds later, the handler still in place
-    is the launcher's and it has not run. Once the workers start, torch's agent has its own
-    handlers, which stop the workers first, and the thread does nothing."""
+    is the launcher's and it has not run (the reports' folder goes with it). Once the workers
+    start, torch's agent has its own handlers, which stop the workers first, and the thread
+    does nothing."""
+    import shutil
     import threading
 
     ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -159,6 +162,7 @@ def served_while_blocked(nodes: Nodes, out: Path, grace: float = 5.0):
                         print(f"mlit.train: interrupted by {signal.Signals(signum).name} "
                               f"while the nodes met at {nodes.rdzv_endpoint or 'this machine'}"
                               f"; {resume_advice(out)}", file=sys.stderr, flush=True)
+                        shutil.rmtree(reports, ignore_errors=True)
                         os._exit(128 + signum)
 
     threading.Thread(target=watch, name="mlit-signal-watch", daemon=True).start()
@@ -180,7 +184,10 @@ def reporting_to(folder: str):
         os.environ.pop(distributed.REPORT_ENV, None)
 
 
-def launch_config(nodes: Nodes):
+def launch_config(nodes: Nodes, scratch: Path):
+    """torch's LaunchConfig for the nodes; the agent's own files (its log folder, the
+    workers' error files) go under `scratch`, removed with it, not left in /tmp."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig
 
     standalone = nodes.standalone
@@ -198,7 +205,7 @@ def launch_config(nodes: Nodes):
         rdzv_endpoint="localhost:0" if standalone else nodes.rdzv_endpoint,
         rdzv_configs=configs,
         max_restarts=0,  # a rerun of the same command resumes; a restart would repeat a bad input
-        monitor_interval=0.1)
+        monitor_interval=0.1, logs_specs=DefaultLogsSpecs(log_dir=str(scratch / "elastic")))
 
 
 QUIETED = "MLIT_QUIETED_CPP_LOG"  # mlit/__init__.py turned torch's C++ log off for the launcher
