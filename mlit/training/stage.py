@@ -41,6 +41,7 @@ from mlit.training.engine import (
 from mlit.training.knn import KnnMonitor
 from mlit.training.optim import build_optimizer, lr_at, set_lr
 from mlit.training.preemption import Preemption
+from mlit.training.schedule import due
 from mlit.training.stage_model import build_stage_model, data_parallel
 
 
@@ -272,17 +273,17 @@ class StageRun:
             while self.epoch < last_epoch:
                 train_metrics = self.run_epoch(bar)
                 self.epoch += 1
-                done = self.epoch == self.stage.epochs
+                now = due(self.stage, self.epoch, last_epoch, knn=self.knn is not None)
                 record = {"stage": self.kind, "epoch": self.epoch, "step": self.step,
                           **{f"train_{k}": v for k, v in train_metrics.items()}}
-                if done or self.epoch % self.stage.eval_every == 0:
+                if now.evaluate:
                     record.update(self.evaluate())
-                if self.knn is not None and (done or self.epoch % self.stage.knn_every == 0):
+                if now.knn:
                     record.update(self.knn.measure(self.writer, self.step))
                 record["time_s"] = round(time.time() - start, 2)
                 self.result = {k: v for k, v in record.items()
                                if k.startswith("test_") or k == "train_acc"} or self.result
-                if self.stage.epoch_checkpoints:
+                if now.epoch_checkpoint:
                     self.save_epoch_checkpoint()
                 self.write_record(record)
                 if self.world.writer:
@@ -290,10 +291,9 @@ class StageRun:
                               + " ".join(f"{k}={v:.4g}" for k, v in record.items()
                                          if k.startswith(("train_loss", "test_"))
                                          or k == "train_lr"))
-                if done or self.epoch % self.stage.checkpoint_every == 0 \
-                        or self.epoch == last_epoch:
+                if now.checkpoint:
                     self.save()
-                if not done:
+                if not now.done:
                     self.stop_point()
         self.writer.flush()
         return {**self.result, "epoch": self.epoch}
