@@ -119,6 +119,17 @@ def number(kind=float, low: float | None = None, high: float | None = None,
     return parse
 
 
+def numbers(kind=int, low: float | None = 1):
+    """An argparse type: a comma list of `number(kind, low)`s, sorted, each once (thread
+    counts, token counts)."""
+    check = number(kind, low)
+
+    def parse(text: str) -> list:
+        return sorted({check(t) for t in text.split(",")})
+    parse.__name__ = "numbers"
+    return parse
+
+
 def launcher_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of a command that trains many runs (the zoo, the shape sweep): which slice of
     the runs, and where they train (mlit.population)."""

@@ -22,6 +22,7 @@ from mlit.cli import run_command
 from mlit.errors import BadInput
 from mlit.files.paths import output_folder
 from mlit.files.records import read_epochs
+from mlit.inference.figures import pyplot
 from mlit.model.stage_kinds import CLASSIFIERS, PRETRAINING
 
 
@@ -42,10 +43,7 @@ def series(records: list[dict], stages, key: str) -> tuple[list[int], list[float
 def figure(path: Path, runs: dict[str, list[dict]], lines, title: str, ylabel: str,
            loglog: bool = False) -> bool:
     """One PNG with a line per (run, stages, key, style, label) of `lines`; False if empty."""
-    import matplotlib  # here, not at the top: --help and a wrong folder answer without it
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlit.cli import number, run_command
+from mlit.cli import numbers, run_command
 from mlit.files.atomic import write_json
 from mlit.files.paths import output_file
 
@@ -172,12 +172,6 @@ def machine() -> str:
             f"{onnxruntime.__version__}, Python {platform.python_version()}")
 
 
-def thread_counts(text: str) -> list[int]:
-    """An argparse type: a comma list of thread counts, each at least 1."""
-    check = number(int, 1)
-    return sorted({check(t) for t in text.split(",")})
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="XXS and ResNet-56, 1 thread")
@@ -185,7 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child: measure this model
-    parser.add_argument("--threads", type=thread_counts,
+    parser.add_argument("--threads", type=numbers(int, 1),
                         help="comma list of thread counts (default 1, 2 and every core; "
                              "--quick: 1)")
     parser.add_argument("--folder", help=argparse.SUPPRESS)

@@ -25,6 +25,7 @@ import torch
 from torch.utils import benchmark
 
 import mlit
+from mlit.cli import numbers
 from mlit.model.dispatch import expert_mixture
 from mlit.model.mixtures import dense_expert_mixture, torch_expert_mixture
 
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default=None, help="comma list of bf16, fp16, fp32")
     parser.add_argument("--models", default="mlit_s,mlit_xs,mlit_xxs")
-    parser.add_argument("--tokens", type=lambda s: [int(n) for n in s.split(",")],
+    parser.add_argument("--tokens", type=numbers(int, 1),
                         help="comma list of token counts N (default 448x145 and 840x37; "
                              "--quick 2048)")
     parser.add_argument("--quick", action="store_true", help="small N, short timings")

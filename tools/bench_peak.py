@@ -149,13 +149,12 @@ def model_flops(model: torch.nn.Module, size: int) -> float:
 
 
 def main(argv=None) -> int:
-    from mlit.cli import number
+    from mlit.cli import numbers
 
-    check = number(int, 1)
     parser = argparse.ArgumentParser(description="the machine's fp32 peak: a "
                                      f"{PEAK_SIZE}^3 product in PyTorch and ONNX Runtime")
     parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}",
-                        type=lambda text: sorted({check(t) for t in text.split(",")}),
+                        type=numbers(int, 1),
                         help="comma list of thread counts (default 1 and every core)")
     args = parser.parse_args(argv)
     print(f"fp32 GFLOP/s of a {PEAK_SIZE}^3 product, the best of three stretches")

@@ -45,6 +45,13 @@ def weights_digest(named_bytes) -> str:
     return digest.hexdigest()
 
 
+def check_digest(path, expected: str | None, named_bytes, mismatch: str) -> None:
+    """CheckpointError `{path}: {mismatch}` when the tensors' digest is not the one the file
+    carries (None: a file written before digests, nothing to check)."""
+    if expected is not None and weights_digest(named_bytes) != expected:
+        raise CheckpointError(f"{path}: {mismatch}")
+
+
 def tensor_bytes(state: dict[str, torch.Tensor]):
     return [(k, v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             for k, v in state.items()]
@@ -101,9 +108,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not an mLiT checkpoint (it holds a "
                               f"{type(obj).__name__}, not a dict of weights)")
-    expected = obj.pop(DIGEST, None)  # checkpoints written before it carry none
-    if expected is not None and weights_digest(tensor_bytes(named_tensors(obj))) != expected:
-        raise CheckpointError(f"{path}: its tensors do not match the {DIGEST} written with "
-                              "them: the file is damaged (use an earlier checkpoint, or train "
-                              "again)")
+    check_digest(path, obj.pop(DIGEST, None), tensor_bytes(named_tensors(obj)),
+                 f"its tensors do not match the {DIGEST} written with them: the file is "
+                 "damaged (use an earlier checkpoint, or train again)")
     return obj

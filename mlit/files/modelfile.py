@@ -184,14 +184,13 @@ def read_safetensors(path: Path) -> ModelFile:
         raise CheckpointError(f"{path} is not a readable safetensors file "
                               f"({first_line(err)})") from None
     meta.setdefault("kind", infer_kind(state))
-    check_digest(path, meta.get("weights_sha256"), tensor_bytes(state))
+    check_export_digest(path, meta.get("weights_sha256"), tensor_bytes(state))
     return from_export_metadata(path, meta, state, "export")
 
 
-def check_digest(path: Path, expected: str | None, named_bytes) -> None:
-    if expected is not None and weights_digest(named_bytes) != expected:
-        raise CheckpointError(f"{path}: its weights do not match the weights_sha256 in its "
-                              "metadata: the file is damaged; export it again")
+def check_export_digest(path: Path, expected: str | None, named_bytes) -> None:
+    ckpt.check_digest(path, expected, named_bytes, "its weights do not match the "
+                      "weights_sha256 in its metadata: the file is damaged; export it again")
 
 
 def from_export_metadata(path: Path, meta: dict[str, str], state: dict, what: str

@@ -11,6 +11,17 @@ from pathlib import Path
 import torch
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported when a
+    figure is drawn, so that a command's --help and its bad input answer without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 @contextlib.contextmanager
 def quiet_glyphs():
     """Class names in scripts the default font lacks (CJK, emoji) draw as boxes; matplotlib's
@@ -24,9 +35,7 @@ def quiet_glyphs():
 @quiet_glyphs()
 def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str],
                    title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     m = torch.tensor(confusion, dtype=torch.float)
     m = m / m.sum(1, keepdim=True).clamp(min=1)
@@ -49,9 +58,7 @@ def plot_experts(path: Path, per_class: list[list[list[float]]], classes: list[s
                  title: str, decoder_layers: int = 0) -> None:
     """Each class's share of tokens per expert, the experts of every MoE layer side by side
     (numbered within their layer), the encoder's layers, then the decoder's (an MAE)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     blocks = [torch.tensor(layer) for layer in per_class]
     m = torch.cat(blocks, dim=1)  # (classes, experts of every layer)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mlit.errors import BadInput
 from mlit.files.checkpoint import CheckpointError
-from mlit.files.modelfile import ModelFile, check_digest, from_export_metadata, model_path
+from mlit.files.modelfile import ModelFile, check_export_digest, from_export_metadata, model_path
 from mlit.inference.summary import PredictionSummary
 
 
@@ -78,7 +78,7 @@ def read_onnx(path: Path) -> ModelFile:
             from None
     meta = {p.key: p.value for p in model.metadata_props}
     mf = from_export_metadata(path, meta, {}, "ONNX export")
-    check_digest(path, meta.get("weights_sha256"), initializer_bytes(model))
+    check_export_digest(path, meta.get("weights_sha256"), initializer_bytes(model))
     check_graph(path, model, mf)
     return mf
 

@@ -43,14 +43,12 @@ def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".", progress=None) -> list[
         if progress is not None:
             progress(i, len(shapes))
         cfg = model_settings(sweep.model_for(shape), num_classes=info.num_classes)
-        counted = {}  # stage kind -> training FLOPs per image, for every budget
+        counted = {kind: training_flops(cfg, kind) for kind in sweep.kinds()}  # per image
         for budget in sweep.budgets:
             name = run_name(shape, budget)
             factors = {**shape, "arms": arms, "budget": budget}
             if sweep.stage != "mae_finetune":
-                kind = sweep.stage if sweep.stage == "supervised" else "pretrain"
-                if kind not in counted:
-                    counted[kind] = training_flops(cfg, kind)
+                kind = sweep.kinds()[0]
                 per_image = counted[kind]
                 epochs = epochs_for(budget, kind, per_image)
                 first.append(PlannedRun(name, f"training/{name}", kind, {
@@ -58,8 +56,6 @@ def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".", progress=None) -> list[
                     sweep.run_recipe(name, kind, shape, epochs)))
                 continue
             share = sweep.pretrain_share
-            if not counted:
-                counted = {kind: training_flops(cfg, kind) for kind in ("pretrain", "finetune")}
             pre, fine = counted["pretrain"], counted["finetune"]
             backbone = f"pretraining/{name}"
             first.append(PlannedRun(name, backbone, "pretrain", {

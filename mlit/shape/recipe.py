@@ -75,11 +75,14 @@ class ShapeSweep(Strict):
     pretrain: Optional[Stage] = None
     finetune: Optional[Stage] = None
 
+    def kinds(self) -> tuple[str, ...]:
+        """The stage kinds each run of the sweep trains, in order."""
+        return {"supervised": ("supervised",), "mae": ("pretrain",),
+                "mae_finetune": ("pretrain", "finetune")}[self.stage]
+
     @model_validator(mode="after")
     def _stages_given(self):
-        needed = {"supervised": ["supervised"], "mae": ["pretrain"],
-                  "mae_finetune": ["pretrain", "finetune"]}[self.stage]
-        for kind in needed:
+        for kind in self.kinds():
             if getattr(self, kind) is None:
                 raise ValueError(f"stage {self.stage} needs a {kind} section")
         if any(b <= 0 for b in self.budgets):
