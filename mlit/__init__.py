@@ -1,9 +1,15 @@
 """mLiT: mixture-of-experts lightweight vision transformers and their MAE pre-training.
 
-Importing mlit imports torch and the model alone; mlit.load reads model files when called,
-and timm sees mLiT's models once timm itself is imported (docs/timm.md).
+Importing mlit imports none of its layers: the public names below (mlit.create_model,
+mlit.MLiT, ...) import the model when first used, so `import mlit.model` (or mlit.kernels,
+mlit.errors) brings that layer and those under it alone, as the layers promise
+(docs/architecture.md). What the package itself does at import: the process's OpenMP and
+torch log settings for a command, before torch loads, and a finder that registers mLiT in
+timm when timm is imported (docs/timm.md).
 """
 
+import importlib
+import importlib.util
 import os
 import sys
 
@@ -28,11 +34,27 @@ if sys.argv[:1] == ["-m"] and "torch" not in sys.modules and \
         any(a.startswith(("--nproc-per-node", "--nnodes", "--rdzv")) for a in sys.argv):
     os.environ["TORCH_CPP_LOG_LEVEL"] = os.environ["MLIT_QUIETED_CPP_LOG"] = "FATAL"
 
-from mlit.inference.timm_hook import register_when_timm_loads  # noqa: E402
-from mlit.model.config import MLiTConfig  # noqa: E402
-from mlit.model.encoder import MLiT, MLiTEncoder  # noqa: E402
-from mlit.model.mae import MaskedAutoEncoder  # noqa: E402
-from mlit.model.registry import CONFIGS, create_mae, create_model, model_config  # noqa: E402
+# The public API, each name where it is declared; imported on first use (PEP 562).
+PUBLIC = {
+    "MLiT": "mlit.model.encoder", "MLiTEncoder": "mlit.model.encoder",
+    "MaskedAutoEncoder": "mlit.model.mae", "MLiTConfig": "mlit.model.config",
+    "CONFIGS": "mlit.model.registry", "create_mae": "mlit.model.registry",
+    "create_model": "mlit.model.registry", "model_config": "mlit.model.registry",
+}
+
+
+def __getattr__(name):
+    if name in PUBLIC:
+        value = getattr(importlib.import_module(PUBLIC[name]), name)
+        globals()[name] = value  # the next lookup is a plain attribute
+        return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # mlit.model, mlit.data, ...
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(PUBLIC))
 
 
 def load(path):
@@ -41,6 +63,59 @@ def load(path):
     from mlit.files.modelfile import load_model
 
     return load_model(path)
+
+
+# mLiT in timm's registry without importing timm: a timm user writes `import mlit, timm` in
+# either order, and a user without timm pays nothing. Where timm is imported already, the
+# models are registered now; where it is installed, a finder on sys.meta_path waits for its
+# first import, registers them once timm's own package has run, and steps aside. It lives
+# here, not in mlit.inference, so that importing a lower layer never runs the upper ones.
+def register_in_timm() -> None:
+    try:
+        from mlit.inference.timm_models import register
+    except ImportError:  # a timm too old or broken for this torch: mlit works without it
+        return
+    register()
+
+
+class TimmImportHook:
+    """A meta path finder that answers for `timm` alone: it finds timm's spec as Python
+    would (the other finders), and once that module has run, registers mLiT's models and
+    leaves sys.meta_path. A search that imports nothing (importlib.util.find_spec) leaves it
+    waiting."""
+
+    def __init__(self):
+        self.searching = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "timm" or self.searching:
+            return None
+        self.searching = True
+        try:
+            spec = importlib.util.find_spec("timm")
+        finally:
+            self.searching = False
+        if spec is not None and spec.loader is not None:
+            run_module = spec.loader.exec_module
+
+            def exec_module(module):
+                run_module(module)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                register_in_timm()
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+def register_when_timm_loads() -> None:
+    """Register mLiT in timm now if timm is imported, at its import if it is installed."""
+    if "timm" in sys.modules:
+        register_in_timm()
+    elif any(isinstance(f, TimmImportHook) for f in sys.meta_path):
+        return
+    elif importlib.util.find_spec("timm") is not None:
+        sys.meta_path.insert(0, TimmImportHook())
 
 
 register_when_timm_loads()  # timm.create_model("mlit_s", ...) (docs/timm.md)

@@ -57,3 +57,31 @@ def test_the_package_never_imports_a_tool(tmp_path):
     done = check(planted(tmp_path, "mlit/cli.py", "import gpu_check_common"))
     assert done.returncode == 1
     assert "check_layers: mlit/cli.py imports tools (gpu_check_common)" in done.stderr
+
+
+RUN_TIME = """
+import importlib, pkgutil, sys, tomllib
+layers = tomllib.load(open({pyproject!r}, "rb"))["tool"]["importlinter"]["contracts"][0]["layers"]
+allowed = {{"mlit"}}
+for layer in reversed(layers):  # the lowest first: each import may bring what is below it
+    names = [n.strip(" ()") for n in layer.split("|")]
+    for name in names:
+        allowed.add("mlit." + name)
+    for name in names:
+        module = importlib.import_module("mlit." + name)
+        for sub in pkgutil.walk_packages(getattr(module, "__path__", []), module.__name__ + "."):
+            importlib.import_module(sub.name)
+        above = sorted(m for m in sys.modules if m.startswith("mlit")
+                       and ".".join(m.split(".")[:2]) not in allowed)
+        assert not above, f"import mlit.{{name}} (and its modules) imported {{above}}"
+print(len([m for m in sys.modules if m.startswith("mlit")]))
+"""
+
+
+def test_importing_a_layer_runs_no_layer_above_it():
+    """The contracts hold at run time too: mlit/__init__.py imports no layer, so `import
+    mlit.model` (or any module of a layer) brings that layer and those below it alone."""
+    done = subprocess.run([sys.executable, "-c", RUN_TIME.format(
+        pyproject=str(ROOT / "pyproject.toml"))], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 80  # every module of mlit was imported

@@ -1,6 +1,6 @@
 """mLiT inside timm (docs/timm.md): every named mLiT (mlit_s, mlit_xs, mlit_xxs, and the CPU
 sizes mlit_tiny, mlit_micro) and its MAE encoder as a feature backbone (mmlit_s, ... : no head,
-num_classes=0) in timm's registry, with timm's model interface. mlit/inference/timm_hook.py
+num_classes=0) in timm's registry, with timm's model interface. mlit/__init__.py
 registers them when timm is imported:
 
     model = timm.create_model("mlit_s", num_classes=10)       # mlit.create_model's parameters
