@@ -48,34 +48,81 @@ class Fault(ProjectError, RuntimeError):
     status = FAULT
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM (exit 128 + the signal). A runner that knows where it stopped fills
-    `where` (e.g. 'in stage finetune at epoch 3 of 40') and `last_good` (the checkpoint a
-    rerun resumes from). A KeyboardInterrupt, so `except Exception` never swallows it. The
-    ranks of a run stop together, at the step they agree on (mlit/training/preemption.py),
-    so rank 0 says it for all."""
+NO_CHECKPOINT = "none yet"  # a run's last_good before its first checkpoint
+
+
+class StopsARun:
+    """What an error that stops a run part-way (a full disk, a non-finite loss, a signal)
+    carries besides its message: where the run stopped, the checkpoint a rerun resumes from,
+    and what to do. The runner's layers fill them on the error's way out, each with what it
+    knows (`context`), and `with_context` says them in one form."""
+
+    where = ""      # e.g. "in stage finetune at step 130 of 330 (epoch 12 of 30)"
+    last_good = ""  # the checkpoint a rerun resumes from, NO_CHECKPOINT, or "" (not a run)
+    resume = ""     # what to do next; "" says nothing
+
+    def with_context(self, text: str) -> str:
+        return stop_line(text, self.where, self.last_good, self.resume)
+
+
+def stop_line(text: str, where: str, last_good: str, resume: str) -> str:
+    """The one form of a stopped run's line: what, where; the checkpoint; what to do."""
+    parts = [f"{text} {where}" if where else text]
+    if last_good:
+        parts.append(f"the last good checkpoint is {last_good}")
+    if resume:
+        parts.append(resume)
+    return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def context(where=None, last_good=None, resume=None):
+    """Add what this layer of a run knows to an error that stops it, on the error's way out:
+    `where` after an inner layer's (the stage, then the zoo's model), `last_good` from the
+    innermost layer that knows it, `resume` from the outermost (it knows what a rerun does).
+    A callable is called only when such an error passes."""
+    try:
+        yield
+    except BaseException as err:
+        if isinstance(err, StopsARun):
+            def value(field):
+                return field() if callable(field) else field
+            if where is not None:
+                err.where = " ".join(w for w in (err.where, value(where)) if w)
+            if last_good is not None and not err.last_good:
+                err.last_good = value(last_good)
+            if resume is not None:
+                err.resume = value(resume)
+        raise
+
+
+class Interrupted(KeyboardInterrupt, StopsARun):
+    """SIGINT or SIGTERM (exit 128 + the signal); the runner fills where it stopped and the
+    checkpoint a rerun resumes from (`context`). A KeyboardInterrupt, so `except Exception`
+    never swallows it. The ranks of a run stop together, at the step they agree on
+    (mlit/training/preemption.py), so rank 0 says it for all."""
 
     rank_label = ""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-        self.where = ""
-        self.last_good = ""
-        self.resume = "run the same command again to resume"
+        self.resume = None  # None: what a rerun does follows from last_good; "": nothing
 
     @property
     def status(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
     def line(self) -> str:
-        parts = [f"interrupted by {signal.Signals(self.signum).name}"
-                 + (f" {self.where}" if self.where else "")]
-        if self.last_good:
-            parts.append(f"the last checkpoint is {self.last_good}")
-        if self.resume:  # empty where a command writes nothing (a plan)
-            parts.append(self.resume)
-        return "; ".join(parts)
+        started = self.last_good != NO_CHECKPOINT
+        resume = self.resume
+        if resume is None:
+            resume = ("run the same command again to resume" if started else
+                      "no checkpoint of this stage yet: run the same command again to start it "
+                      "over" if self.where else
+                      "no checkpoint yet: run the same command again to start over")
+        return stop_line(f"interrupted by {signal.Signals(self.signum).name}", self.where,
+                         self.last_good if started else "", resume)
 
     def __str__(self) -> str:
         return self.line()
@@ -85,11 +132,8 @@ class Interrupted(KeyboardInterrupt):
 def nothing_to_resume():
     """An interrupt of work that writes nothing (a plan, a status) says where it stopped and
     nothing about resuming."""
-    try:
+    with context(resume=""):
         yield
-    except Interrupted as err:
-        err.resume = ""
-        raise
 
 
 def first_line(err: BaseException, limit: int = 120) -> str:

@@ -413,7 +413,7 @@ def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
     # when the signal came while an epoch ended, of that epoch
     where = re.fullmatch(
         rf"mlit.train: interrupted by {name} in stage finetune at step (\d+) of {22 * EPOCHS} "
-        rf"\(epoch (\d+) of {EPOCHS}\); the last checkpoint is "
+        rf"\(epoch (\d+) of {EPOCHS}\); the last good checkpoint is "
         rf"{re.escape(str(out))}/finetune/checkpoint.pt "
         r"\((?:step (\d+), \d+ into epoch (\d+)|epoch (\d+))\); run the same command again "
         r"to resume", lines[-1])
@@ -449,6 +449,7 @@ def test_interrupted_zoo_runs_say_which_model_and_resume(tmp_path, monkeypatch, 
                                "--zoo-dir", str(tmp_path / "z")], capsys)
     assert code == 130 and len(lines) == 1, lines
     assert lines[0].startswith("mlit.zoo: interrupted by SIGINT while training pretraining/")
+    assert "(model 1 of " in lines[0]
     assert lines[0].endswith("finished models are kept and this one resumes from its last "
                              "checkpoint: run the same command again")
     states = json.loads(next((tmp_path / "z").glob("pretraining/*/status.json")).read_text())

@@ -290,12 +290,14 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path):
     checkpoint, metrics, tb = results["checkpoint"], results["metrics"], results["tensorboard"]
     out = checkpoint["out"]
     assert checkpoint["code"] == 1 and checkpoint["stderr"] == [
-        f"mlit.train: no space left on device while writing {out}/supervised/checkpoint.pt; "
+        f"mlit.train: no space left on device while writing {out}/supervised/checkpoint.pt "
+        f"in stage supervised at step 10 of 15 (epoch 3 of 3); "
         f"the last good checkpoint is {out}/supervised/checkpoint.pt (epoch 1)"]
     assert checkpoint["epoch"] == 1 and checkpoint["leftovers"] == []
     out = metrics["out"]
     assert metrics["code"] == 1 and metrics["stderr"] == [
-        f"mlit.train: no space left on device while writing {out}/metrics.jsonl; "
+        f"mlit.train: no space left on device while writing {out}/metrics.jsonl "
+        f"in stage supervised at step 10 of 15 (epoch 3 of 3); "
         f"the last good checkpoint is {out}/supervised/checkpoint.pt (epoch 1)"]
     assert metrics["metric_epochs"] == [1] and metrics["leftovers"] == []
     out = tb["out"]
@@ -311,3 +313,42 @@ def test_a_run_folder_the_machine_refuses_is_one_line(tmp_path, capsys):
     taken.write_text("not a folder")
     assert main(["recipes/quickstart.yaml", f"train.out={taken}", *TINY]) == 1
     assert one_line(capsys) == f"mlit.train: File exists ({taken})"
+
+
+def test_a_stopped_runs_line_is_filled_by_each_layer_in_one_form():
+    """errors.context: `where` is added inner to outer (the stage, then the zoo's model), the
+    last good checkpoint comes from the innermost layer that knows it, what to do from the
+    outermost, and a callable is called only when such an error passes."""
+    import signal as signals
+
+    from mlit.errors import NO_CHECKPOINT, Interrupted, context, nothing_to_resume
+    from mlit.files.atomic import DiskFull
+
+    def never():
+        raise AssertionError("called without an error")
+
+    with context(where=never, last_good=never):
+        pass
+    with pytest.raises(ValueError), context(where=never):  # not an error that stops a run
+        raise ValueError("a bug")
+    with pytest.raises(Interrupted) as err:
+        with context(where="while training m (model 1 of 2)", resume="rerun the zoo"):
+            with context(last_good="outer.pt"), context(where=lambda: "in stage pretrain",
+                                                        last_good=lambda: "c.pt (epoch 1)"):
+                raise Interrupted(signals.SIGINT)
+    assert err.value.line() == ("interrupted by SIGINT in stage pretrain while training m "
+                                "(model 1 of 2); the last good checkpoint is c.pt (epoch 1); "
+                                "rerun the zoo")
+    with pytest.raises(Interrupted) as err, context(where="in stage finetune",
+                                                    last_good=NO_CHECKPOINT):
+        raise Interrupted(signals.SIGTERM)
+    assert err.value.line() == ("interrupted by SIGTERM in stage finetune; no checkpoint of "
+                                "this stage yet: run the same command again to start it over")
+    with pytest.raises(Interrupted) as err, nothing_to_resume(), context(where="at shape 3"):
+        raise Interrupted(signals.SIGINT)
+    assert err.value.line() == "interrupted by SIGINT at shape 3"
+    with pytest.raises(DiskFull) as err, context(last_good=NO_CHECKPOINT):
+        raise DiskFull("out/metrics.jsonl")
+    assert err.value.line() == ("no space left on device while writing out/metrics.jsonl; "
+                                "the last good checkpoint is none yet")
+    assert DiskFull("x").line() == "no space left on device while writing x"  # not in a run

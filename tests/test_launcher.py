@@ -119,7 +119,7 @@ def test_sigterm_then_ctrl_c_to_the_launcher_lose_nothing(recipe, tmp_path):
         assert step % STEPS, step  # inside an epoch
         assert err.splitlines() == [
             f"mlit.train: interrupted by {signum.name} in stage {kind} at step {step} of "
-            f"{2 * STEPS} (epoch {step // STEPS + 1} of 2); the last checkpoint is "
+            f"{2 * STEPS} (epoch {step // STEPS + 1} of 2); the last good checkpoint is "
             f"{broken / kind / 'checkpoint.pt'} (step {step}, {step % STEPS} into epoch "
             f"{step // STEPS + 1}); run the same command again to resume"], err
         assert took < 20  # the workers stop after their step, not at the launcher's SIGKILL

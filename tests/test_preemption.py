@@ -61,7 +61,7 @@ def test_a_signal_mid_epoch_in_each_stage_loses_nothing(tmp_path, monkeypatch, c
         into = step - step // STEPS * STEPS
         assert capsys.readouterr().err.splitlines() == [
             f"mlit.train: interrupted by {signum.name} in stage {kind} at step {step} of "
-            f"{2 * STEPS} (epoch {step // STEPS + 1} of 2); the last checkpoint is "
+            f"{2 * STEPS} (epoch {step // STEPS + 1} of 2); the last good checkpoint is "
             f"{broken / kind / 'checkpoint.pt'} (step {step}, {into} into epoch "
             f"{step // STEPS + 1}); run the same command again to resume"]
     assert train([str(recipe), f"train.out={broken}"]) == 0

@@ -16,27 +16,26 @@ import os
 import tempfile
 from pathlib import Path
 
-from mlit.errors import Fault
+from mlit.errors import Fault, StopsARun
 
 # temporary files of atomic writes: ".<name>.<random>.tmp" beside the file they replace
 TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
-class DiskFull(Fault, OSError):
-    """No space left (or quota exceeded) while writing `path` (exit 1)."""
+class DiskFull(Fault, OSError, StopsARun):
+    """No space left (or quota exceeded) while writing `path` (exit 1); in a run, the runner
+    adds where it stopped and the last good checkpoint (mlit.errors.context)."""
 
     def __init__(self, path: str | Path):
         super().__init__(errno.ENOSPC, "no space left on device", str(path))
         self.path = Path(path)
-        self.last_good = ""  # filled in by the runner: the checkpoint a rerun resumes from
 
     def __str__(self) -> str:
         return f"no space left on device while writing {self.path}"
 
     def line(self) -> str:
-        return f"{self}; the last good checkpoint is {self.last_good}" if self.last_good \
-            else str(self)
+        return self.with_context(str(self))
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from mlit.errors import Interrupted
+from mlit.errors import Interrupted, context
 from mlit.files import modelfile
 from mlit.files.atomic import remove_orphans, write_json, write_text_atomic
 from mlit.files.lock import FolderBusy, FolderLock
@@ -100,13 +100,10 @@ def run_local(zoo_dir: str | Path, runs: list[PlannedRun]) -> dict[str, list[str
             state = "waiting"
         else:
             before = layout.status(zoo_dir / run.path)
-            try:
+            with context(where=f"while training {run.path} (model {i + 1} of {len(runs)})",
+                         resume="finished models are kept and this one resumes from its last "
+                                "checkpoint: run the same command again"):
                 state = run_one(zoo_dir, run)
-            except Interrupted as err:
-                err.where = f"while training {run.path} (model {i + 1} of {len(runs)})"
-                err.resume = ("finished models are kept and this one resumes from its last "
-                              "checkpoint: run the same command again")
-                raise
             if before == "done":
                 state = "skipped"
         outcome.setdefault(state, []).append(run.path)

@@ -11,23 +11,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlit.distributed import sum_over_ranks, world
-from mlit.errors import BadInput, Fault
+from mlit.errors import BadInput, Fault, StopsARun
 from mlit.model.encoder import MLiT, patchify, unpatchify
 from mlit.model.mae import MaskedAutoEncoder
 from mlit.model.moe import MoELayer
 from mlit.model.simclr import SimCLR
 
 
-class NonFiniteLoss(Fault):
-    """The loss was NaN or infinite; training stops and keeps the last good checkpoint."""
+class NonFiniteLoss(Fault, StopsARun):
+    """The loss was NaN or infinite; training stops and keeps the last good checkpoint (the
+    runner adds where, and which: mlit.errors.context)."""
 
     def __init__(self, step: int):
-        super().__init__(f"the loss became non-finite at step {step}")
+        super().__init__(f"the loss became non-finite (step {step})")
         self.step = step
-        self.where = ""  # filled in by the runner: stage and last good checkpoint
 
     def line(self) -> str:
-        return f"{self}{f' ({self.where})' if self.where else ''}; stopped"
+        return self.with_context(str(self))
 
 
 @dataclass

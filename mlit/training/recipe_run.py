@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from mlit import distributed
-from mlit.errors import Interrupted
-from mlit.files.atomic import DiskFull, write_json
+from mlit.errors import NO_CHECKPOINT, context
+from mlit.files.atomic import write_json
 from mlit.files.lock import FolderLock
 from mlit.files.tensorboard import TensorBoard
 from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.recipe.schema import Recipe
-from mlit.training.engine import NonFiniteLoss, select_device, select_precision
+from mlit.training.engine import select_device, select_precision
 from mlit.training.prechecks import BUSY_ADVICE, check_inputs
 from mlit.training.run_folder import (
     newest_checkpoint,
@@ -49,16 +49,14 @@ def run(recipe: Recipe) -> dict:
 def run_in_folder(recipe: Recipe, out: Path) -> dict:
     """The stages, under the folder's lock; a full disk or an interrupt names the checkpoint
     a rerun resumes from."""
-    try:
+    def newest() -> str:  # stopped outside a stage: the newest checkpoint of any
+        last = newest_checkpoint(out)
+        return str(last) if last else NO_CHECKPOINT
+
+    with context(last_good=newest):
         distributed.on_rank0(lambda: prepare_run_folder(out, recipe))
         recipe = settle_data(recipe, out)
         return run_stages(recipe, out)
-    except (DiskFull, Interrupted) as err:
-        if not err.last_good:  # failed outside a stage: name the newest checkpoint
-            last = newest_checkpoint(out)
-            err.last_good = str(last) if last else "none yet" if isinstance(err, DiskFull) \
-                else ""
-        raise
 
 
 def run_stages(recipe: Recipe, out: Path) -> dict:
@@ -76,22 +74,7 @@ def run_stages(recipe: Recipe, out: Path) -> dict:
             if STAGE_KINDS[kind].from_pretraining:
                 encoder_init = pretrained_encoder(recipe, out, stage, kind)
             stage_run = StageRun(recipe, kind, stage, out, precision, writer, encoder_init)
-            try:
-                result = stage_run.run()
-            except NonFiniteLoss as err:
-                err.where = f"stage {kind}; last good checkpoint: {stage_run.last_good()}"
-                raise
-            except DiskFull as err:
-                err.last_good = stage_run.last_good()
-                raise
-            except Interrupted as err:  # Ctrl-C or SIGTERM: say where, and what resumes
-                err.where = err.where or stage_run.position()
-                if stage_run.last_path.exists():
-                    err.last_good = stage_run.last_good()
-                else:
-                    err.resume = ("no checkpoint of this stage yet: run the same command "
-                                  "again to start it over")
-                raise
+            result = stage_run.run()
             distributed.barrier()  # rank 0's last checkpoint is written: the next stage reads it
             summary["stages"][kind] = result
             if result.get("epoch", 0) < stage.epochs:  # stopped early by stop_after_epochs

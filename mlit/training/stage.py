@@ -21,7 +21,7 @@ from mlit.data.loaders import eval_loader, train_loader
 from mlit.data.seeds import epoch_seed, seed_everything, step_seed
 from mlit.data.transforms import batch_mixing
 from mlit.distributed import world
-from mlit.errors import Interrupted
+from mlit.errors import NO_CHECKPOINT, Interrupted, context
 from mlit.files import checkpoint as ckpt
 from mlit.files.jsonl import append_jsonl, drop_epochs_after
 from mlit.files.weights import load_weights
@@ -129,7 +129,7 @@ class StageRun:
     def last_good(self) -> str:
         """The checkpoint a rerun would resume from, for error messages."""
         if not self.last_path.exists():
-            return "none yet"
+            return NO_CHECKPOINT
         epoch, step = self.saved_at
         inside = step - epoch * self.steps_per_epoch
         return f"{self.last_path} (" + (f"step {step}, {inside} into epoch {epoch + 1}" if inside
@@ -214,9 +214,7 @@ class StageRun:
             tracker.check()  # never a checkpoint of a step whose loss was not finite
         self.save(tracker)
         if signum:
-            err = Interrupted(signum)
-            err.where, err.last_good = self.position(), self.last_good()
-            raise err
+            raise Interrupted(signum)  # run()'s context says where, and the checkpoint
 
     def log_step(self, parts: dict, lr: float) -> None:
         for k, v in parts.items():
@@ -256,7 +254,12 @@ class StageRun:
             self.save_epoch_checkpoint()
 
     def run(self) -> dict:
-        """Train the remaining epochs; returns the stage's result."""
+        """Train the remaining epochs; returns the stage's result. An error that stops the
+        run (a signal, a full disk, a non-finite loss) says where and its last checkpoint."""
+        with context(where=self.position, last_good=self.last_good):
+            return self.train_remaining()
+
+    def train_remaining(self) -> dict:
         if self.resume():
             if self.world.writer:
                 print(f"[{self.kind}] complete at epoch {self.epoch}, skipping",
