@@ -26,12 +26,11 @@ from mlit.files.paths import output_folder
 from mlit.files.weights import load_weights
 from mlit.inference.figures import class_names, plot_confusion, plot_experts
 from mlit.inference.summary import PredictionSummary
-from mlit.model.encoder import MLiT
 from mlit.model.moe import MoELayer
 from mlit.model.registry import CLASSIFIER_KINDS, module_for
 from mlit.recipe.reading import RecipeError, parse_override, validate
 from mlit.recipe.schema import Data, Train
-from mlit.training.engine import eval_batches, eval_parts, select_device, select_precision
+from mlit.training.engine import eval_batches, select_device, select_precision
 
 
 def settings(mf: modelfile.ModelFile, overrides: list[str]) -> tuple[Data, Train, int]:
@@ -100,14 +99,15 @@ class RoutingHooks:
 
 
 def run_eval(model: torch.nn.Module, loader, precision, num_classes: int) -> dict:
-    """One pass of the runner's evaluation loop: its losses (eval_parts) and the summary."""
-    classifier = isinstance(model, MLiT)
+    """One pass of the runner's evaluation loop: its losses (the model's eval_parts) and the
+    summary."""
+    classifier = hasattr(model, "predictions")
     hooks = RoutingHooks(model)
     summary = PredictionSummary(num_classes, [m.num_experts for m in hooks.layers])
     sums: dict[str, float] = {}
     try:
         for targets, out in eval_batches(model, loader, precision):
-            for k, v in eval_parts(model, targets, out).items():
+            for k, v in model.eval_parts(out, targets).items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(targets)
             summary.add(targets, out[0] if classifier else None)
             hooks.flush(summary, targets)

@@ -36,6 +36,7 @@ from mlit.model.config import MLiTConfig
 from mlit.model.dispatch import capturing_graph
 from mlit.model.encoder import MLiT, MLiTEncoder, build_head
 from mlit.model.registry import CLASSIFIER_KINDS, CONFIGS, model_config
+from mlit.model.stage_kinds import STAGE_KINDS
 
 BACKBONE_PREFIX = "m"  # mmlit_s: the MAE-pre-trained (mmLiT) encoder of mlit_s, no head
 POOLS = ("token", "avg", "")  # the dummy patch, the mean of the image patches, every token
@@ -238,7 +239,9 @@ def file_overlay(file, name: str, settings: dict, backbone: bool) -> dict:
     normalization = mf.normalization or {}
     dataset = ((mf.recipe or {}).get("data") or {}).get("dataset")
     info = INFO.get(dataset, INFO["cifar100"])
-    classifier = mf.kind in CLASSIFIER_KINDS and mf.kind != "linprobe" and not backbone
+    # timm's classifier interface is MLiT's head (a probe's BatchNorm head is not timm's)
+    classifier = mf.kind in CLASSIFIER_KINDS and STAGE_KINDS[mf.kind].module is MLiT \
+        and not backbone
     overlay = {"state_dict": mf.state if classifier else mf.encoder_state(),
                "input_size": (mf.config.in_channels, mf.config.image_size,
                               mf.config.image_size),

@@ -6,6 +6,7 @@ sections 1-7).
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlit.model.attention import GroupedQueryAttention
@@ -160,12 +161,37 @@ class MLiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = MLiTEncoder(cfg)
-        self.head = build_head(cfg)
+        self.head = self.new_head(cfg)
+
+    @staticmethod
+    def new_head(cfg: MLiTConfig) -> nn.Module:
+        """The head, freshly initialised (the runner draws it again from a head seed)."""
+        return build_head(cfg)
 
     def forward(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """imgs (B, C, H, W) -> (logits (B, C), L_moe)."""
         tokens, moe_loss = self.encoder(imgs)
         return self.head(tokens[:, -1]), moe_loss
+
+    # What the runner asks of each model it trains (mlit/training/engine.py), from forward's
+    # output: the objective and its parts, the losses an evaluation averages, and, for a
+    # classifier, its predicted classes. The MAE and SimCLR answer the same.
+    EVAL_KEYS = ("loss",)
+
+    def loss_parts(self, out, targets: torch.Tensor, label_smoothing: float = 0.0) -> dict:
+        """CE + w_moe * L_moe."""
+        logits, moe = out
+        ce = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        return {"loss": ce + self.cfg.moe_loss_weight * moe, "ce": ce, "moe": moe}
+
+    def eval_parts(self, out, targets: torch.Tensor) -> dict:
+        return {"loss": F.cross_entropy(out[0].float(), targets)}
+
+    def eval_forward(self, imgs: torch.Tensor, generator: torch.Generator):
+        return self(imgs)  # nothing random in evaluation mode
+
+    def predictions(self, out) -> torch.Tensor:
+        return out[0].argmax(1)
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder.patch_embed.pos_embed"}

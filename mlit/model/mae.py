@@ -120,5 +120,19 @@ class MaskedAutoEncoder(nn.Module):
                 + self.cfg.moe_loss_weight * moe_loss)
         return MAEOutput(loss, masked_loss, unmasked_loss, moe_loss, pred, mask)
 
+    # the runner's questions (as MLiT's): the loss parts, the evaluation losses, and an
+    # evaluation forward whose mask comes from the evaluation's own generator
+    EVAL_KEYS = ("loss", "masked", "unmasked")
+
+    def loss_parts(self, out: MAEOutput, targets=None, label_smoothing: float = 0.0) -> dict:
+        return {"loss": out.loss, "masked": out.masked_loss, "unmasked": out.unmasked_loss,
+                "moe": out.moe_loss}
+
+    def eval_parts(self, out: MAEOutput, targets=None) -> dict:
+        return {"loss": out.loss, "masked": out.masked_loss, "unmasked": out.unmasked_loss}
+
+    def eval_forward(self, imgs: torch.Tensor, generator: torch.Generator) -> MAEOutput:
+        return self(imgs, generator=generator)
+
     def no_weight_decay(self) -> set[str]:
         return {"encoder.patch_embed.pos_embed", "decoder.pos_embed", "decoder.mask_token"}

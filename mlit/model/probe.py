@@ -27,8 +27,12 @@ class LinearProbe(MLiT):
 
     def __init__(self, cfg: MLiTConfig):
         super().__init__(cfg)
-        self.head = probe_head(cfg)
+        self.head = self.new_head(cfg)
         self.encoder.requires_grad_(False)
+
+    @staticmethod
+    def new_head(cfg: MLiTConfig) -> nn.Module:
+        return probe_head(cfg)
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)

@@ -53,5 +53,17 @@ class SimCLR(nn.Module):
         loss = contrastive + self.cfg.moe_loss_weight * moe_loss
         return SimCLROutput(loss, contrastive, moe_loss)
 
+    # the runner's questions (as MLiT's); evaluation views come from a seed the runner fixes
+    EVAL_KEYS = ("loss",)
+
+    def loss_parts(self, out: SimCLROutput, targets=None, label_smoothing: float = 0.0) -> dict:
+        return {"loss": out.loss, "contrastive": out.contrastive_loss, "moe": out.moe_loss}
+
+    def eval_parts(self, out: SimCLROutput, targets=None) -> dict:
+        return {"loss": out.contrastive_loss}
+
+    def eval_forward(self, views: torch.Tensor, generator: torch.Generator) -> SimCLROutput:
+        return self(views)
+
     def no_weight_decay(self) -> set[str]:
         return {"encoder.patch_embed.pos_embed"}

@@ -25,13 +25,15 @@ class StageKind:
     pretrains: bool = False  # trains an encoder for a later stage; the k-NN monitor applies
     classifier: bool = False  # trains a head on the labels: its files name the classes
     from_pretraining: bool = False  # starts from a pre-trained encoder (a stage or `init`)
+    frozen_encoder: bool = False  # measures an encoder as it is (so init=random is allowed)
     views: int = 1  # augmented views of each image in a batch (SimCLR: a pair)
 
 
 STAGE_KINDS = {kind.name: kind for kind in (
     StageKind("pretrain", MaskedAutoEncoder, pretrains=True),
     StageKind("simclr", SimCLR, pretrains=True, views=2),
-    StageKind("linprobe", LinearProbe, classifier=True, from_pretraining=True),
+    StageKind("linprobe", LinearProbe, classifier=True, from_pretraining=True,
+              frozen_encoder=True),
     StageKind("finetune", MLiT, classifier=True, from_pretraining=True),
     StageKind("supervised", MLiT, classifier=True),
 )}

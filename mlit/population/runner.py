@@ -18,6 +18,7 @@ from mlit.files import modelfile
 from mlit.files.atomic import remove_orphans, write_json, write_text_atomic
 from mlit.files.lock import FolderBusy, FolderLock
 from mlit.files.tensorboard import TensorBoard
+from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.population import layout
 from mlit.population.plan import PlannedRun
 from mlit.recipe.schema import recipe_to_yaml
@@ -58,7 +59,7 @@ def train_locked(model_dir: Path, run: PlannedRun) -> str:
     try:
         precision = select_precision(select_device(recipe.train.device), recipe.train.amp)
         encoder_init = None
-        if run.kind == "finetune":
+        if STAGE_KINDS[run.kind].from_pretraining:
             encoder_init = modelfile.encoder_for(stage.init, recipe.model_settings(),
                                                  recipe.model["name"], "backbone")
         writer = TensorBoard(model_dir / "tb")

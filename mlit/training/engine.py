@@ -7,7 +7,6 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mlit.distributed import sum_over_ranks, world
@@ -15,7 +14,6 @@ from mlit.errors import BadInput, Fault, StopsARun
 from mlit.model.encoder import MLiT, patchify, unpatchify
 from mlit.model.mae import MaskedAutoEncoder
 from mlit.model.moe import MoELayer
-from mlit.model.simclr import SimCLR
 
 
 class NonFiniteLoss(Fault, StopsARun):
@@ -125,21 +123,10 @@ def to_device(images, device):
 
 
 def loss_parts(model: nn.Module, images, targets, label_smoothing: float = 0.0):
-    """The stage's objective and its parts. Classifiers: CE + w_moe * L_moe; MAE: docs/architecture.md, 8;
-    SimCLR: InfoNCE + w_moe * L_moe."""
-    module = unwrap(model)
-    kind = type(module)
-    if kind is MaskedAutoEncoder:
-        out = model(images)
-        return {"loss": out.loss, "masked": out.masked_loss, "unmasked": out.unmasked_loss,
-                "moe": out.moe_loss}
-    if kind is SimCLR:
-        out = model(images)
-        return {"loss": out.loss, "contrastive": out.contrastive_loss, "moe": out.moe_loss}
-    logits, moe = model(images)
-    ce = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
-    w_moe = module.cfg.moe_loss_weight
-    return {"loss": ce + w_moe * moe, "ce": ce, "moe": moe}
+    """The stage's objective and its parts: the forward through the wrappers (DDP's hooks,
+    the compiled graph), then the module's own loss_parts (classifiers: CE + w_moe * L_moe;
+    MAE: docs/architecture.md, 8; SimCLR: InfoNCE + w_moe * L_moe)."""
+    return unwrap(model).loss_parts(model(images), targets, label_smoothing)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -193,25 +180,8 @@ def eval_batches(model: nn.Module, loader, precision: Precision):
             images = to_device(images, device)
             targets = targets.to(device, non_blocking=True)
             with precision.autocast():
-                if isinstance(model, MaskedAutoEncoder):
-                    out = model(images, generator=gen)
-                else:
-                    out = model(images)
+                out = model.eval_forward(images, gen)
             yield targets, out
-
-
-# the losses eval_parts gives, per kind of model
-EVAL_KEYS = {MLiT: ("loss",), MaskedAutoEncoder: ("loss", "masked", "unmasked"),
-             SimCLR: ("loss",)}
-
-
-def eval_parts(model: nn.Module, targets: torch.Tensor, out) -> dict[str, torch.Tensor]:
-    """The losses evaluate() averages, from one batch's output."""
-    if isinstance(model, MLiT):
-        return {"loss": F.cross_entropy(out[0].float(), targets)}
-    if isinstance(model, MaskedAutoEncoder):
-        return {"loss": out.loss, "masked": out.masked_loss, "unmasked": out.unmasked_loss}
-    return {"loss": out.contrastive_loss}
 
 
 def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
@@ -219,22 +189,22 @@ def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]
     mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare.
     Under torchrun each rank holds a shard of the split and the counts and sums are added
     over the ranks, so the accuracy is the single process's exactly."""
-    keys = EVAL_KEYS[MLiT if isinstance(model, MLiT) else type(model)]
+    keys, classifier = model.EVAL_KEYS, hasattr(model, "predictions")
     total, correct = 0, 0
     sums = dict.fromkeys(keys, 0.0)
     for targets, out in eval_batches(model, loader, precision):
         n = len(targets)
-        for k, v in eval_parts(model, targets, out).items():
+        for k, v in model.eval_parts(out, targets).items():
             sums[k] += float(v) * n
-        if isinstance(model, MLiT):
-            correct += int((out[0].argmax(1) == targets).sum())
+        if classifier:
+            correct += int((model.predictions(out) == targets).sum())
         total += n
     on = precision.device if precision.device.type == "cuda" else "cpu"  # NCCL, or gloo
     summed = sum_over_ranks(torch.tensor([total, correct, *sums.values()], dtype=torch.float64,
                                          device=on)).tolist()
     total, correct, sums = int(summed[0]), int(summed[1]), dict(zip(keys, summed[2:]))
     metrics = {k: v / total for k, v in sums.items()}
-    if isinstance(model, MLiT):
+    if classifier:
         metrics = {"acc": correct / total, **metrics}
     return metrics
 

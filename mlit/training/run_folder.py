@@ -96,7 +96,7 @@ def pretrained_encoder(recipe: Recipe, out: Path, stage: Stage, kind: str = "fin
     """The encoder a fine-tune or a probe starts from: its init, or this run's pre-training;
     None for linprobe.init=random (the encoder as initialised)."""
     if stage.init == "random":
-        if kind != "linprobe":
+        if not STAGE_KINDS[kind].frozen_encoder:
             raise RecipeError(f"{kind}.init=random: only linprobe probes an untrained encoder")
         return None
     source = stage.init or out / recipe.pretraining_stage() / "checkpoint.pt"

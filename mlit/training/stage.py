@@ -26,7 +26,6 @@ from mlit.files import checkpoint as ckpt
 from mlit.files.jsonl import append_jsonl, drop_epochs_after
 from mlit.files.weights import load_weights
 from mlit.model.dispatch import check_before_compile
-from mlit.model.encoder import MLiT
 from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.recipe.schema import Recipe, Stage
 from mlit.training.engine import (
@@ -69,7 +68,7 @@ class StageRun:
         if recipe.train.compile:
             self.step_model = torch.compile(self.step_model, mode=recipe.train.compile_mode)
         size, device = self.model.cfg.image_size, precision.device
-        classifier = isinstance(self.model, MLiT)
+        classifier = STAGE_KINDS[kind].classifier
         two_views = STAGE_KINDS[kind].views == 2  # SimCLR's pairs
         self.train_loader = train_loader(recipe.data, stage.augment, size, stage.batch_size,
                                          device, two_views=two_views)

@@ -8,9 +8,8 @@ import torch
 from mlit.data.catalogue import dataset_info
 from mlit.data.seeds import seed_everything
 from mlit.distributed import world
-from mlit.model.encoder import MLiT, build_head
-from mlit.model.probe import LinearProbe, probe_head
 from mlit.model.registry import module_for
+from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.recipe.schema import Recipe, Stage
 
 
@@ -23,12 +22,12 @@ def build_stage_model(recipe: Recipe, kind: str, stage: Stage, encoder_init: dic
     cfg = recipe.model_settings(**extra)
     seed_everything(recipe.train.seed)
     model = module_for(kind, cfg)
-    if not isinstance(model, MLiT):
+    if not STAGE_KINDS[kind].classifier:
         return model
     if stage.head_seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stage.head_seed)
-            model.head = probe_head(cfg) if isinstance(model, LinearProbe) else build_head(cfg)
+            model.head = model.new_head(cfg)
     if encoder_init is not None:
         model.encoder.load_state_dict(encoder_init)
     return model
