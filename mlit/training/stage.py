@@ -21,9 +21,7 @@ from mlit.data.loaders import eval_loader, train_loader
 from mlit.data.seeds import epoch_seed, seed_everything, step_seed
 from mlit.data.transforms import batch_mixing
 from mlit.distributed import world
-from mlit.errors import NO_CHECKPOINT, Interrupted, context
-from mlit.files import checkpoint as ckpt
-from mlit.files.jsonl import append_jsonl, drop_epochs_after
+from mlit.errors import Interrupted, context
 from mlit.files.weights import load_weights
 from mlit.model.dispatch import check_before_compile
 from mlit.model.stage_kinds import STAGE_KINDS
@@ -41,6 +39,7 @@ from mlit.training.knn import KnnMonitor
 from mlit.training.optim import build_optimizer, lr_at, set_lr
 from mlit.training.preemption import Preemption
 from mlit.training.schedule import due
+from mlit.training.stage_files import StageFiles
 from mlit.training.stage_model import build_stage_model, data_parallel
 
 
@@ -52,10 +51,10 @@ class StageRun:
                  precision: Precision, writer, encoder_init: dict | None = None,
                  stage_dir: Path | None = None, metrics_path: Path | None = None):
         self.recipe, self.kind, self.stage, self.precision = recipe, kind, stage, precision
-        self.dir = stage_dir or out / kind
-        self.metrics_path = metrics_path or out / "metrics.jsonl"
         self.writer = writer
-        self.world = world()  # under torchrun: rank 0 alone writes (save, write_record)
+        self.world = world()  # under torchrun: rank 0 alone writes (its files, the log)
+        self.files = StageFiles(kind, stage_dir or out / kind,
+                                metrics_path or out / "metrics.jsonl", self.world.writer)
         self.model = build_stage_model(recipe, kind, stage, encoder_init).to(precision.device)
         self.optimizer = build_optimizer(self.model, stage)
         self.scaler = precision.scaler()
@@ -86,15 +85,10 @@ class StageRun:
         self.total_steps = stage.epochs * self.steps_per_epoch
         self.warmup_steps = round(stage.warmup_epochs * self.steps_per_epoch)
         self.epoch, self.step, self.result = 0, 0, {}  # epochs done, optimiser steps done
-        self.saved_at = (0, 0)  # (epoch, step) of the last checkpoint
         self.resumed_tracker: StepTracker | None = None  # an epoch resumed mid-way
         self.preemption = Preemption(recipe.train.checkpoint_minutes)
 
-    # -- checkpoints ------------------------------------------------------------------------
-    @property
-    def last_path(self) -> Path:
-        return self.dir / "checkpoint.pt"
-
+    # -- checkpoints (the files themselves: StageFiles) --------------------------------------
     def model_record(self) -> dict:
         """What any file holding this stage's weights carries to rebuild the model alone."""
         info = dataset_info(self.recipe.data)
@@ -112,27 +106,14 @@ class StageRun:
         sums (`tracker`, gathered from every rank, so every rank calls save)."""
         progress = tracker.progress() if tracker is not None and self.epoch_steps_done() \
             else None
-        if self.world.writer:
-            state = {**self.model_record(), "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict(), "step": self.step,
-                     "epoch_progress": progress, "result": self.result}
-            ckpt.save_atomic(state, self.last_path)
-        self.saved_at = (self.epoch, self.step)
+        self.files.save(lambda: {**self.model_record(), "optimizer": self.optimizer.state_dict(),
+                                 "scaler": self.scaler.state_dict(), "step": self.step,
+                                 "epoch_progress": progress, "result": self.result},
+                        self.epoch, self.step)
         self.preemption.saved()
 
-    def save_epoch_checkpoint(self) -> None:
-        """The zoo keeps every epoch's weights: checkpoint_0000XY/model.pt."""
-        if self.world.writer:
-            ckpt.save_atomic(self.model_record(), ckpt.epoch_path(self.dir, self.epoch))
-
     def last_good(self) -> str:
-        """The checkpoint a rerun would resume from, for error messages."""
-        if not self.last_path.exists():
-            return NO_CHECKPOINT
-        epoch, step = self.saved_at
-        inside = step - epoch * self.steps_per_epoch
-        return f"{self.last_path} (" + (f"step {step}, {inside} into epoch {epoch + 1}" if inside
-                                        else f"epoch {epoch}") + ")"
+        return self.files.last_good(self.steps_per_epoch)
 
     def position(self) -> str:
         """Where the stage is, for the line of an interrupted run."""
@@ -141,26 +122,19 @@ class StageRun:
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True when the stage had finished."""
-        if not self.last_path.exists():
-            self.truncate_metrics(after=-1)  # a fresh start: forget any earlier attempt
+        state = self.files.load()
+        if state is None:
             return False
-        # on the CPU: RNG states must stay CPU tensors; the module and the optimiser copy
-        # their tensors to the parameters' device themselves
-        state = ckpt.load(self.last_path)
-        load_weights(self.model, state.get("model", {}), str(self.last_path))
+        # read on the CPU: RNG states must stay CPU tensors; the module and the optimiser
+        # copy their tensors to the parameters' device themselves
+        load_weights(self.model, state.get("model", {}), str(self.files.checkpoint))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.result = state["epoch"], state["step"], state["result"]
-        self.saved_at = (self.epoch, self.step)
         if state.get("epoch_progress") is not None:
             self.resumed_tracker = StepTracker.resumed(state["epoch_progress"],
                                                        self.precision.device)
-        self.truncate_metrics(after=self.epoch)
         return self.epoch >= self.stage.epochs
-
-    def truncate_metrics(self, after: int) -> None:
-        if self.world.writer:
-            drop_epochs_after(self.metrics_path, self.kind, after)
 
     # -- training ---------------------------------------------------------------------------
     def run_epoch(self, bar) -> dict:
@@ -241,16 +215,12 @@ class StageRun:
                                   self.step)
         return metrics
 
-    def write_record(self, record: dict) -> None:
-        if self.world.writer:
-            append_jsonl(self.metrics_path, record)
-
     def record_start(self) -> None:
         """Epoch 0: the model before any training (zoo)."""
         record = {"stage": self.kind, "epoch": 0, "step": 0, **self.evaluate()}
-        self.write_record(record)
+        self.files.record(record)
         if self.stage.epoch_checkpoints:
-            self.save_epoch_checkpoint()
+            self.files.save_epoch(self.model_record, self.epoch)
 
     def run(self) -> dict:
         """Train the remaining epochs; returns the stage's result. An error that stops the
@@ -286,8 +256,8 @@ class StageRun:
                 self.result = {k: v for k, v in record.items()
                                if k.startswith("test_") or k == "train_acc"} or self.result
                 if now.epoch_checkpoint:
-                    self.save_epoch_checkpoint()
-                self.write_record(record)
+                    self.files.save_epoch(self.model_record, self.epoch)
+                self.files.record(record)
                 if self.world.writer:
                     bar.write(f"[{self.kind}] epoch {self.epoch}/{self.stage.epochs} "
                               + " ".join(f"{k}={v:.4g}" for k, v in record.items()
