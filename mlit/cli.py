@@ -63,16 +63,16 @@ def say(prog: str, err: BaseException, status: int, line: str) -> None:
     did (PeerStopped) says nothing; under `mlit.train --nproc-per-node` each rank reports to
     the launcher instead, which prints the job's one line."""
     w = world()
-    kind = ("peer" if isinstance(err, distributed.PeerStopped) else
+    ending = ("peer" if isinstance(err, distributed.PeerStopped) else
             "lost" if isinstance(err, distributed.LostPeers) else
             "interrupt" if isinstance(err, Interrupted) else "cause")
     label = getattr(err, "rank_label", None)
     if label is None:
         label = str(w) if w.distributed else ""
-    if w.distributed and kind in ("cause", "interrupt"):
+    if w.distributed and ending in ("cause", "interrupt"):
         distributed.announce(status, line)
     if distributed.report_dir() is not None:
-        distributed.write_report(status, line or str(err), kind, label)
+        distributed.write_report(status, line or str(err), ending, label)
         return
     if not line or (w.distributed and label == "" and not w.writer):
         return
@@ -92,15 +92,15 @@ def model_names(text: str) -> list[str]:
     return names
 
 
-def number(kind=float, low: float | None = None, high: float | None = None,
+def number(cast=float, low: float | None = None, high: float | None = None,
            low_open: bool = False):
-    """An argparse type: a finite `kind` in [low, high] (low excluded when low_open)."""
+    """An argparse type: a finite `cast` (int or float) in [low, high] (low excluded when low_open)."""
     def parse(text: str):
         try:
-            value = kind(text)
+            value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {describe()}") from None
-        if kind is float and not math.isfinite(value):
+        if cast is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not {describe()}")
         below = low is not None and (value <= low if low_open else value < low)
         if below or (high is not None and value > high):
@@ -108,7 +108,7 @@ def number(kind=float, low: float | None = None, high: float | None = None,
         return value
 
     def describe() -> str:
-        what = "an integer" if kind is int else "a finite number"
+        what = "an integer" if cast is int else "a finite number"
         if low is not None and high is not None:
             return f"{what} in {'(' if low_open else '['}{low:g}, {high:g}]"
         if low is not None:
@@ -119,10 +119,10 @@ def number(kind=float, low: float | None = None, high: float | None = None,
     return parse
 
 
-def numbers(kind=int, low: float | None = 1):
-    """An argparse type: a comma list of `number(kind, low)`s, sorted, each once (thread
+def numbers(cast=int, low: float | None = 1):
+    """An argparse type: a comma list of `number(cast, low)`s, sorted, each once (thread
     counts, token counts)."""
-    check = number(kind, low)
+    check = number(cast, low)
 
     def parse(text: str) -> list:
         return sorted({check(t) for t in text.split(",")})

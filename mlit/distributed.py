@@ -269,11 +269,11 @@ def report_dir() -> Path | None:
     return Path(folder) if folder and torchrun_rank() is not None else None
 
 
-def write_report(status: int, line: str, kind: str, rank_label: str) -> None:
-    """This rank's outcome for the launcher, which prints the one line of the job: kind is
-    cause, peer (stopped with another rank), lost (a peer went away) or interrupt."""
+def write_report(status: int, line: str, ending: str, rank_label: str) -> None:
+    """This rank's outcome for the launcher, which prints the one line of the job: its ending
+    is cause, peer (stopped with another rank), lost (a peer went away) or interrupt."""
     folder = report_dir()
-    record = {"rank": torchrun_rank(), "status": status, "line": line, "kind": kind,
+    record = {"rank": torchrun_rank(), "status": status, "line": line, "ending": ending,
               "rank_label": rank_label}
     with contextlib.suppress(OSError):
         (folder / f"rank{torchrun_rank()}.json").write_text(json.dumps(record))

@@ -43,8 +43,8 @@ def check_labels(labels, n_images: int, num_classes: int, where) -> None:
 def check_images(data: np.ndarray, shape: tuple, where) -> None:
     """uint8 pixels, each image of `shape` (after torchvision's own reshaping)."""
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
-        raise DatasetInvalid(f"{where}: pixels are {kind}, expected uint8 (0-255)")
+        found = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise DatasetInvalid(f"{where}: pixels are {found}, expected uint8 (0-255)")
     if data.shape[1:] != shape:
         raise DatasetInvalid(f"{where}: images of shape {data.shape[1:]}, expected {shape}")
 

@@ -91,9 +91,9 @@ def load(path: str | Path, map_location="cpu") -> dict:
     try:
         if not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6
             with open(path, "rb") as f:
-                kind = "a raw pickle" if f.read(1) == b"\x80" else "damaged, truncated or " \
+                found = "a raw pickle" if f.read(1) == b"\x80" else "damaged, truncated or " \
                     "another format"
-            raise CheckpointError(f"{path} is not a readable checkpoint ({kind}: not the zip "
+            raise CheckpointError(f"{path} is not a readable checkpoint ({found}: not the zip "
                                   "archive torch.save writes)")
         with warnings.catch_warnings(), torch.serialization.safe_globals(_NUMPY_GLOBALS):
             warnings.simplefilter("ignore")  # the unpickler's own notes; the error says it all

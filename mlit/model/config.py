@@ -75,16 +75,16 @@ class MLiTConfig:
     def check_types(self) -> None:
         """Every field holds a value of its declared type (before any arithmetic on it)."""
         for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), str(f.type)
-            if kind == "int":
+            value, declared = getattr(self, f.name), str(f.type)
+            if declared == "int":
                 ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
-            elif kind == "float":
+            elif declared == "float":
                 ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
                       and math.isfinite(value))
                 want = "a finite number"
-            elif kind == "bool":
+            elif declared == "bool":
                 ok, want = isinstance(value, bool), "true or false"
-            elif kind == "str":
+            elif declared == "str":
                 ok, want = isinstance(value, str), "a string"
             else:  # tuple[int, ...]
                 ok = isinstance(value, (list, tuple)) and all(

@@ -176,10 +176,10 @@ class Train(Strict):
         if v == "auto":
             return v
         try:
-            kind = torch.device(v).type
+            device_type = torch.device(v).type
         except (RuntimeError, TypeError):
-            kind = None
-        if kind not in DEVICE_TYPES:
+            device_type = None
+        if device_type not in DEVICE_TYPES:
             raise ValueError(f"{v!r} is not a device mlit runs on (auto, cpu, cuda, cuda:N, "
                              "mps)")
         return v

@@ -232,13 +232,13 @@ def outcome(reports: dict[int, dict], failures: dict[int, int], signum: int, siz
     other ranks saw (a peer that stopped or went away)."""
     by_rank = sorted(reports.items())
     if signum:
-        said = [r for _, r in by_rank if r["kind"] == "interrupt"]
+        said = [r for _, r in by_rank if r["ending"] == "interrupt"]
         line = said[0]["line"] if said else (
             f"interrupted by {signal.Signals(signum).name} before the workers reported; "
             f"{resume_advice(out)}")
         return JobFailed(128 + signum, line)
     for _, report in by_rank:
-        if report["kind"] in ("cause", "interrupt"):
+        if report["ending"] in ("cause", "interrupt"):
             return JobFailed(report["status"], report["line"], report["rank_label"])
     for rank, code in sorted(failures.items()):
         if rank not in reports:
@@ -246,9 +246,9 @@ def outcome(reports: dict[int, dict], failures: dict[int, int], signum: int, siz
                    f"failed with exit status {code} (its traceback is above)")
             return JobFailed(FAULT, f"rank {rank} of {size} {how}; {resume_advice(out)}",
                              "")
-    for kind in ("peer", "lost"):
+    for ending in ("peer", "lost"):
         for _, report in by_rank:
-            if report["kind"] == kind:
+            if report["ending"] == ending:
                 return JobFailed(report["status"], report["line"], "")
     return JobFailed(FAULT, f"the workers failed without a report; {resume_advice(out)}")
 

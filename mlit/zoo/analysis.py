@@ -183,14 +183,15 @@ class ZooAnalysis(Averaging, Lineage):
 
     def table1(self) -> dict:
         rows = {}
-        kinds = sorted({b.factors["pretraining"] for b in self.backbones})
-        for kind in kinds + ["all"]:
-            group = [b for b in self.backbones if kind in ("all", b.factors["pretraining"])]
+        pretrainings = sorted({b.factors["pretraining"] for b in self.backbones})
+        for pretraining in pretrainings + ["all"]:
+            group = [b for b in self.backbones
+                     if pretraining in ("all", b.factors["pretraining"])]
             ws = [self.weight_stats(b) for b in group]
             within = [self.ancestor_distance(c) for b in group for c in self.children(b)]
             between = [stats.l2_distance(a.state(), b.state())
                        for a, b in itertools.combinations(group, 2)]
-            rows[kind] = {
+            rows[pretraining] = {
                 "models": len(group),
                 "accuracy": mean_std(b.last["test_acc"] for b in group if "test_acc" in b.last),
                 **{k: mean_std(w[k] for w in ws) for k in ("skewness", "kurtosis", "l2_norm")},

@@ -56,11 +56,11 @@ def figures(result: dict, out: Path) -> list[str]:
     if longitudinal:
         epochs = [int(e) for e in longitudinal]
         fig, ax = plt.subplots(figsize=(6, 4))
-        for kind, color in (("individual", "tab:gray"), ("averaged", "tab:blue")):
-            cells = [longitudinal[e][kind] for e in longitudinal]
-            ax.plot(epochs, [c["mean"] for c in cells], color=color, label=f"{kind} (mean)")
+        for series, color in (("individual", "tab:gray"), ("averaged", "tab:blue")):
+            cells = [longitudinal[e][series] for e in longitudinal]
+            ax.plot(epochs, [c["mean"] for c in cells], color=color, label=f"{series} (mean)")
             ax.fill_between(epochs, [c["min"] for c in cells], [c["max"] for c in cells],
-                            color=color, alpha=0.2, label=f"{kind} (min-max)")
+                            color=color, alpha=0.2, label=f"{series} (min-max)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(xlabel="fine-tuning epoch", ylabel="test accuracy",
                title=f"Longitudinal averaging over {result['window']} epochs (Fig. 3)")
