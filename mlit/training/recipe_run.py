@@ -40,23 +40,12 @@ def run(recipe: Recipe) -> dict:
         # through on_rank0: a busy folder is rank 0's one line, and the other ranks stop
         # with it instead of waiting for a peer that is gone
         distributed.on_rank0(lambda: lock.acquire() and None)  # nothing to broadcast
-        try:
-            return run_in_folder(recipe, out)
+        try:  # stopped outside a stage, a run names the newest checkpoint of any
+            with context(last_good=lambda: str(newest_checkpoint(out) or NO_CHECKPOINT)):
+                distributed.on_rank0(lambda: prepare_run_folder(out, recipe))
+                return run_stages(settle_data(recipe, out), out)
         finally:
             lock.release()
-
-
-def run_in_folder(recipe: Recipe, out: Path) -> dict:
-    """The stages, under the folder's lock; a full disk or an interrupt names the checkpoint
-    a rerun resumes from."""
-    def newest() -> str:  # stopped outside a stage: the newest checkpoint of any
-        last = newest_checkpoint(out)
-        return str(last) if last else NO_CHECKPOINT
-
-    with context(last_good=newest):
-        distributed.on_rank0(lambda: prepare_run_folder(out, recipe))
-        recipe = settle_data(recipe, out)
-        return run_stages(recipe, out)
 
 
 def run_stages(recipe: Recipe, out: Path) -> dict:

@@ -226,46 +226,48 @@ class StageRun:
         """Train the remaining epochs; returns the stage's result. An error that stops the
         run (a signal, a full disk, a non-finite loss) says where and its last checkpoint."""
         with context(where=self.position, last_good=self.last_good):
-            return self.train_remaining()
-
-    def train_remaining(self) -> dict:
-        if self.resume():
-            if self.world.writer:
-                print(f"[{self.kind}] complete at epoch {self.epoch}, skipping",
-                      file=sys.stderr)
-            return {**self.result, "epoch": self.epoch}
-        stop_after = self.recipe.train.stop_after_epochs
-        last_epoch = min(self.stage.epochs, self.epoch + stop_after if stop_after else 10**9)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.kind, unit="step",
-                   disable=not (self.recipe.train.progress and self.world.writer), dynamic_ncols=True, mininterval=2)
-        start = time.time()
-        if self.step == 0 and self.stage.eval_at_start:
-            self.record_start()
-        with bar, self.preemption.deferred():
-            while self.epoch < last_epoch:
-                train_metrics = self.run_epoch(bar)
-                self.epoch += 1
-                now = due(self.stage, self.epoch, last_epoch, knn=self.knn is not None)
-                record = {"stage": self.kind, "epoch": self.epoch, "step": self.step,
-                          **{f"train_{k}": v for k, v in train_metrics.items()}}
-                if now.evaluate:
-                    record.update(self.evaluate())
-                if now.knn:
-                    record.update(self.knn.measure(self.writer, self.step))
-                record["time_s"] = round(time.time() - start, 2)
-                self.result = {k: v for k, v in record.items()
-                               if k.startswith("test_") or k == "train_acc"} or self.result
-                if now.epoch_checkpoint:
-                    self.files.save_epoch(self.model_record, self.epoch)
-                self.files.record(record)
+            if self.resume():
                 if self.world.writer:
-                    bar.write(f"[{self.kind}] epoch {self.epoch}/{self.stage.epochs} "
-                              + " ".join(f"{k}={v:.4g}" for k, v in record.items()
-                                         if k.startswith(("train_loss", "test_"))
-                                         or k == "train_lr"))
-                if now.checkpoint:
-                    self.save()
-                if not now.done:
-                    self.stop_point()
-        self.writer.flush()
-        return {**self.result, "epoch": self.epoch}
+                    print(f"[{self.kind}] complete at epoch {self.epoch}, skipping",
+                          file=sys.stderr)
+                return {**self.result, "epoch": self.epoch}
+            stop_after = self.recipe.train.stop_after_epochs
+            last_epoch = min(self.stage.epochs, self.epoch + stop_after if stop_after else 10**9)
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=self.kind, unit="step",
+                       disable=not (self.recipe.train.progress and self.world.writer),
+                       dynamic_ncols=True, mininterval=2)
+            start = time.time()
+            if self.step == 0 and self.stage.eval_at_start:
+                self.record_start()
+            with bar, self.preemption.deferred():
+                while self.epoch < last_epoch:
+                    train_metrics = self.run_epoch(bar)
+                    self.epoch += 1
+                    now = due(self.stage, self.epoch, last_epoch, knn=self.knn is not None)
+                    self.end_epoch(now, train_metrics, time.time() - start, bar)
+            self.writer.flush()
+            return {**self.result, "epoch": self.epoch}
+
+    def end_epoch(self, now, train_metrics: dict, seconds: float, bar) -> None:
+        """What the schedule says is due after an epoch (`now`): its record, with the
+        evaluation and the k-NN monitor, the epoch's checkpoints, and the stop point."""
+        record = {"stage": self.kind, "epoch": self.epoch, "step": self.step,
+                  **{f"train_{k}": v for k, v in train_metrics.items()}}
+        if now.evaluate:
+            record.update(self.evaluate())
+        if now.knn:
+            record.update(self.knn.measure(self.writer, self.step))
+        record["time_s"] = round(seconds, 2)
+        self.result = {k: v for k, v in record.items()
+                       if k.startswith("test_") or k == "train_acc"} or self.result
+        if now.epoch_checkpoint:
+            self.files.save_epoch(self.model_record, self.epoch)
+        self.files.record(record)
+        if self.world.writer:
+            bar.write(f"[{self.kind}] epoch {self.epoch}/{self.stage.epochs} "
+                      + " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                 if k.startswith(("train_loss", "test_")) or k == "train_lr"))
+        if now.checkpoint:
+            self.save()
+        if not now.done:
+            self.stop_point()
