@@ -291,13 +291,13 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path):
     out = checkpoint["out"]
     assert checkpoint["code"] == 1 and checkpoint["stderr"] == [
         f"mlit.train: no space left on device while writing {out}/supervised/checkpoint.pt "
-        f"in stage supervised at step 10 of 15 (epoch 3 of 3); "
+        f"in stage supervised at step 10 of 15 (end of epoch 2 of 3); "
         f"the last good checkpoint is {out}/supervised/checkpoint.pt (epoch 1)"]
     assert checkpoint["epoch"] == 1 and checkpoint["leftovers"] == []
     out = metrics["out"]
     assert metrics["code"] == 1 and metrics["stderr"] == [
         f"mlit.train: no space left on device while writing {out}/metrics.jsonl "
-        f"in stage supervised at step 10 of 15 (epoch 3 of 3); "
+        f"in stage supervised at step 10 of 15 (end of epoch 2 of 3); "
         f"the last good checkpoint is {out}/supervised/checkpoint.pt (epoch 1)"]
     assert metrics["metric_epochs"] == [1] and metrics["leftovers"] == []
     out = tb["out"]

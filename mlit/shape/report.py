@@ -14,21 +14,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import yaml
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from mlit.errors import BadInput  # noqa: E402
-from mlit.files.atomic import write_json  # noqa: E402
+from mlit.errors import BadInput
+from mlit.files.atomic import write_json
 from mlit.files.jsonl import write_jsonl
-from mlit.population import layout  # noqa: E402
-from mlit.recipe.reading import RecipeError, parse_yaml, validate  # noqa: E402
+from mlit.inference.figures import pyplot
+from mlit.population import layout
+from mlit.recipe.reading import RecipeError, parse_yaml, validate
 from mlit.recipe.schema import model_settings
-from mlit.shape.fit import Fit, UntrustedFit, fit_law, points_for  # noqa: E402
-from mlit.shape.recipe import DIMS, ShapeSweep, shape_of, with_shape  # noqa: E402
+from mlit.shape.fit import Fit, UntrustedFit, fit_law, points_for
+from mlit.shape.recipe import DIMS, ShapeSweep, shape_of, with_shape
 
 SWEEP_FILE = "sweep.yaml"  # the resolved sweep recipe, written by `run`
 
@@ -92,6 +89,7 @@ def fit_dims(records: list[dict], dims) -> dict[str, Fit | str]:
 
 def figure(path: Path, dim: str, records: list[dict], fit: Fit | str) -> None:
     x, t, f = (np.array(v, float) for v in points_for(records, dim))
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     grid = np.logspace(np.log10(t.min()), np.log10(t.max()), 60)
     for i, value in enumerate(sorted(set(x))):

@@ -116,9 +116,12 @@ class StageRun:
         return self.files.last_good(self.steps_per_epoch)
 
     def position(self) -> str:
-        """Where the stage is, for the line of an interrupted run."""
-        return (f"in stage {self.kind} at step {self.step} of {self.total_steps} (epoch "
-                f"{self.epoch + 1} of {self.stage.epochs})")
+        """Where the stage is, for the line of a stopped run: in an epoch, or at the end of
+        the last one done (its record and checkpoint are written there)."""
+        at = f"in stage {self.kind} at step {self.step} of {self.total_steps}"
+        if self.epoch and not self.epoch_steps_done():
+            return f"{at} (end of epoch {self.epoch} of {self.stage.epochs})"
+        return f"{at} (epoch {self.epoch + 1} of {self.stage.epochs})"
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True when the stage had finished."""

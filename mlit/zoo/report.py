@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
 import matplotlib.ticker
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+from mlit.inference.figures import pyplot
+
+plt = pyplot()  # this module is imported when a report is written (mlit/zoo/__main__.py)
 
 
 def fmt(cell, scale: float = 1.0, digits: int = 2) -> str:
