@@ -194,9 +194,9 @@ def test_bench_infer_quick_runs(tmp_path):
 
 
 def test_a_failed_check_is_one_line_and_leaves_no_file(run, monkeypatch, capsys):
-    import mlit.inference.onnx_export
+    import mlit.inference.onnx_checks
 
-    monkeypatch.setattr(mlit.inference.onnx_export, "LOGIT_TOLERANCE", -1.0)  # nothing can pass
+    monkeypatch.setattr(mlit.inference.onnx_checks, "LOGIT_TOLERANCE", -1.0)  # nothing can pass
     capsys.readouterr()
     assert export_cli.main([str(run / "finetune" / "checkpoint.pt"),
                             str(run / "failed.onnx")]) == 1
