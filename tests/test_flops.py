@@ -81,4 +81,19 @@ def test_every_stage_kind_builds_its_module_and_counts_its_training(kind):
     assert [k for k, _ in recipe.stages()][-1] == kind
     assert (recipe.pretraining_stage() is not None) == (row.pretrains or row.from_pretraining)
     assert training_flops(cfg, kind) > 0
+    # the runner's questions (mlit/training/engine.py), answered from the forward's output
+    import torch
+
+    torch.manual_seed(0)
+    model = module_for(kind, cfg).train()
+    images, targets = torch.randn(4 * row.views, 3, 12, 12), torch.arange(4)
+    parts = model.loss_parts(model(images), targets, 0.1)
+    assert parts["loss"].dim() == 0 and torch.isfinite(parts["loss"]) and len(parts) > 1
+    model.eval()
+    with torch.no_grad():
+        out = model.eval_forward(images, torch.Generator().manual_seed(0))
+    assert set(model.eval_parts(out, targets)) == set(model.EVAL_KEYS)
+    assert hasattr(model, "predictions") == row.classifier
+    if row.classifier:
+        assert model.predictions(out).shape == (4,)
 
