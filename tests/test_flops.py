@@ -1,10 +1,16 @@
-"""FLOPs counted by torch.utils.flop_counter against a hand count of the GEMMs, and the
-parameters a token uses."""
+"""FLOPs counted by torch.utils.flop_counter against a hand count of the GEMMs and against
+each module's closed form, and the parameters a token uses."""
 
 import pytest
 
 import mlit
-from mlit.model.flops import active_params, forward_flops, training_flops
+from mlit.model.flops import (
+    active_params,
+    counted_forward_flops,
+    counted_training_flops,
+    forward_flops,
+    training_flops,
+)
 from mlit.model.stage_kinds import STAGE_KINDS
 
 
@@ -27,15 +33,16 @@ def hand_count(cfg, num_classes=100) -> int:
 @pytest.mark.parametrize("name", ["mlit_s", "mlit_xxs"])
 def test_counted_forward_flops_match_a_hand_count(name):
     cfg = mlit.model_config(name)
-    counted, expected = forward_flops(cfg), hand_count(cfg)
+    counted, expected = counted_forward_flops(cfg), hand_count(cfg)
     assert abs(counted - expected) / expected < 0.05, (counted, expected)
 
 
 def test_training_counts_the_backward_and_the_noise_gate():
     cfg = mlit.model_config("mlit_micro", num_classes=10)
-    forward, train = forward_flops(cfg), training_flops(cfg, "supervised")
+    forward = counted_forward_flops(cfg)
+    train = counted_training_flops(cfg, "supervised")
     assert 2.9 < train / forward < 3.3  # backward ~ 2x forward, plus x Wn in training
-    mae = training_flops(cfg, "pretrain")
+    mae = counted_training_flops(cfg, "pretrain")
     assert mae < train  # the encoder sees a quarter of the patches
 
 
@@ -51,8 +58,8 @@ def test_active_parameters_leave_out_the_unrouted_experts():
 @pytest.mark.parametrize("kind", ["supervised", "pretrain", "simclr", "linprobe"])
 @pytest.mark.parametrize("shared", ["v_w2", "w_v"])
 def test_the_meta_device_count_is_the_count_of_a_real_sparse_step(kind, shared):
-    """training_flops counts on the meta device (no arithmetic, a sweep's plan in seconds):
-    the same FLOPs as a real step on the CPU, whose sparse dispatch routes real tokens."""
+    """The count on the meta device (no arithmetic, no routing) is a real step's on the CPU,
+    whose sparse dispatch routes real tokens."""
     import torch
 
     from mlit.model import flops
@@ -62,7 +69,23 @@ def test_the_meta_device_count_is_the_count_of_a_real_sparse_step(kind, shared):
     model = flops.module_for(kind, cfg.replace(moe_impl="torch")).train()
     images = torch.randn(2 * STAGE_KINDS[kind].views, 3, 12, 12)
     real = flops.count(lambda: flops.scalar_output(model(images)).backward()) / 2
-    assert training_flops(cfg, kind) == real
+    assert counted_training_flops(cfg, kind) == real
+
+
+@pytest.mark.parametrize("kind", list(STAGE_KINDS))
+def test_the_closed_form_is_the_counters_figure(kind):
+    """Each module's matmul_flops (mlit/model/closed_form.py) against FlopCounterMode,
+    training and evaluation, for each sharing arrangement, both heads, the dense MLP, gates
+    without noise and k = 1, another mask ratio and decoder depth."""
+    variants = [{"shared": "v_w2"}, {"shared": "w_w2"}, {"shared": "w_v"}, {"head": "mlp"},
+                {"ffn": "mlp"}, {"noisy_gating": False, "top_k": 1},
+                {"mask_ratio": 0.5, "decoder_depth": 2}]
+    for variant in variants:
+        cfg = mlit.model_config("mlit_micro", num_classes=10, **variant)
+        for worked_out, counted in ((training_flops, counted_training_flops),
+                                    (forward_flops, counted_forward_flops)):
+            got, want = worked_out(cfg, kind), counted(cfg, kind)
+            assert got == want, (variant, counted.__name__, got, want)
 
 
 @pytest.mark.parametrize("kind", list(STAGE_KINDS))
@@ -80,7 +103,7 @@ def test_every_stage_kind_builds_its_module_and_counts_its_training(kind):
                            "data": {"dataset": "digits"}, **stages})
     assert [k for k, _ in recipe.stages()][-1] == kind
     assert (recipe.pretraining_stage() is not None) == (row.pretrains or row.from_pretraining)
-    assert training_flops(cfg, kind) > 0
+    assert training_flops(cfg, kind) == counted_training_flops(cfg, kind) > 0
     # the runner's questions (mlit/training/engine.py), answered from the forward's output
     import torch
 

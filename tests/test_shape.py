@@ -108,15 +108,28 @@ MICRO = {
 
 
 @pytest.mark.slow
-def test_the_plan_tells_which_shape_it_counts(tmp_path):
-    """`shape plan` shows it on a terminal while the FLOPs are counted."""
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("shape_sweep*.yaml")),
+                         ids=lambda p: p.stem)
+def test_a_shipped_sweeps_plan_has_the_counters_flops(recipe):
+    """The plan's FLOPs per image (the closed form) are torch's FlopCounterMode's, counted on
+    the meta device for every shape of the shipped sweep, so every run's epochs are too."""
+    from mlit.data.catalogue import dataset_info
+    from mlit.model.flops import counted_training_flops
+    from mlit.recipe.schema import model_settings
     from mlit.shape.plan import plan
 
-    recipe = tmp_path / "micro.yaml"
-    recipe.write_text(yaml.safe_dump(MICRO))
-    told = []
-    runs = plan(load_sweep(str(recipe), []), tmp_path, lambda i, n: told.append((i, n)))
-    assert told == [(0, 3), (1, 3), (2, 3)] and len(runs) == 9
+    sweep = load_sweep(str(recipe), [])
+    classes = dataset_info(sweep.data).num_classes
+    runs = plan(sweep)
+    assert len(runs) == len(sweep.shapes()) * len(sweep.budgets) * len(sweep.kinds())
+    counted = {}
+    for run in runs:
+        shape = {key: run.factors[key] for key in ("d", "L", "h1", "E_max", "k")}
+        key = (tuple(shape.values()), run.kind)
+        if key not in counted:
+            cfg = model_settings(sweep.model_for(shape), num_classes=classes)
+            counted[key] = counted_training_flops(cfg, run.kind)
+        assert run.factors["flops_per_image"] == counted[key], run.path
 
 
 def test_a_micro_sweep_plans_runs_fits_and_reports(tmp_path, capsys):

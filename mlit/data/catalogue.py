@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlit.data import folder
-from mlit.data.datasets import CIFAR10, CIFAR100, NETWORK_ERRORS, SVHN, Digits, Flowers102
 from mlit.data.errors import DatasetInvalid, DatasetMissing
 
 
@@ -60,6 +59,8 @@ def dataset_info(data) -> DatasetInfo:
 
 def source_url(name: str, train: bool) -> str:
     """Where torchvision downloads the dataset from."""
+    from mlit.data.datasets import CIFAR10, CIFAR100, SVHN, Flowers102
+
     if name in ("cifar10", "cifar100"):
         return {"cifar10": CIFAR10, "cifar100": CIFAR100}[name].url
     if name == "svhn":
@@ -69,7 +70,10 @@ def source_url(name: str, train: bool) -> str:
 
 def build_dataset(name: str, root: str, train: bool, transform, download: bool = False):
     """The train or test split of a dataset, checked, or a DatasetError with a one-line
-    remedy (DatasetMissing: where to put it; DatasetInvalid: which file is damaged)."""
+    remedy (DatasetMissing: where to put it; DatasetInvalid: which file is damaged). The
+    loaders (torchvision's, a second to import) are imported here, when a split is built."""
+    from mlit.data.datasets import CIFAR10, CIFAR100, NETWORK_ERRORS, SVHN, Digits, Flowers102
+
     if name == "digits":
         return Digits(train=train, transform=transform)
     if name == "folder":

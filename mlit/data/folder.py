@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mlit.data.errors import DatasetInvalid, DatasetMissing
 from mlit.data.images import open_rgb
@@ -33,8 +32,17 @@ MAX_UNREADABLE = 10  # per split and process group: more means a damaged copy, n
 EVAL_FOLDERS = ("val", "test")
 
 
+@functools.cache
+def image_endings() -> tuple[str, ...]:
+    """The file endings ImageFolder reads (torchvision's list, imported when a folder is read:
+    torchvision takes a second to import, which a command that reads no folder never pays)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return tuple(IMG_EXTENSIONS)
+
+
 def is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not hidden(path.name)
+    return path.is_file() and path.suffix.lower() in image_endings() and not hidden(path.name)
 
 
 def hidden(name: str) -> bool:
@@ -81,7 +89,7 @@ def class_samples(folder: Path, names, classes: tuple[str, ...]) -> tuple[tuple[
         files = images_below(folder / name)
         if not files and (folder / name).is_dir():
             raise invalid(f"{folder / name}: an empty class folder (no image files with "
-                          f"the endings {', '.join(IMG_EXTENSIONS[:4])}, ...)")
+                          f"the endings {', '.join(image_endings()[:4])}, ...)")
         samples += [(p, label) for p in files]
     return tuple(samples)
 

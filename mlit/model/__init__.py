@@ -11,7 +11,9 @@ it is trained, stored or served.
 - encoder.py: patch embedding with the dummy patch, depth-wise scaling, expert stages,
   the classifier;
 - mae.py: mmLiT, the masked auto-encoder; simclr.py: contrastive pre-training;
-- flops.py: FLOPs and active parameters counted on the real model.
+- closed_form.py: the matrix products of the model's parts, which each module adds up;
+- flops.py: FLOPs per image from those, counted on the real model to check, and the active
+  parameters.
 
 Imports torch, mlit.kernels and mlit.errors alone (an import-linter contract).
 """

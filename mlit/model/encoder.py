@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlit.model import closed_form
 from mlit.model.attention import GroupedQueryAttention
 from mlit.model.config import MLiTConfig
 from mlit.model.dispatch import capturing_graph
-from mlit.model.moe import MoELayer
+from mlit.model.moe import dense_mlp_width, moe_layer
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -77,22 +78,12 @@ class DenseMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, num_experts: int, dropout: float, cfg: MLiTConfig):
         super().__init__()
-        with torch.device("meta"):
-            moe = moe_layer(dim, hidden, num_experts, cfg)
-        moe_params = sum(p.numel() for p in moe.parameters())
-        width = max(1, round((moe_params - dim) / (2 * dim + 1)))
+        width = dense_mlp_width(dim, hidden, num_experts, cfg)
         self.net = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, dim),
                                  nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net(x), x.new_zeros((), dtype=torch.float32)
-
-
-def moe_layer(dim: int, hidden: int, num_experts: int, cfg: MLiTConfig) -> MoELayer:
-    return MoELayer(dim, hidden, num_experts, cfg.top_k, cfg.expert_dropout,
-                    impl=cfg.moe_impl, shared=cfg.shared, noisy=cfg.noisy_gating,
-                    noise_epsilon=cfg.noise_epsilon, importance_weight=cfg.importance_weight,
-                    load_weight=cfg.load_weight, cv_epsilon=cfg.cv_epsilon)
 
 
 class EncoderLayer(nn.Module):
@@ -192,6 +183,14 @@ class MLiT(nn.Module):
 
     def predictions(self, out) -> torch.Tensor:
         return out[0].argmax(1)
+
+    @staticmethod
+    def matmul_flops(cfg: MLiTConfig, images: int, training: bool) -> int:
+        """FLOPs of the matrix products for a batch of `images` (mlit/model/closed_form.py):
+        every token through the layers, the dummy's through the head."""
+        body = closed_form.encoder_layers(images, cfg.num_patches + 1, cfg, training)
+        return closed_form.with_backward(body + closed_form.head_products(images, cfg),
+                                         closed_form.patch_products(images, cfg), training)
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder.patch_embed.pos_embed"}

@@ -1,18 +1,23 @@
-"""FLOPs and active parameters, counted on the real model, not estimated.
+"""FLOPs and active parameters per image: worked out from the configuration, and counted on
+the real model to check it.
 
-FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2 FLOPs; only
-matrix products are counted, as is usual: the element-wise work of norms, activations and
-softmax is left out), on the meta device: shapes without values, so a count costs no
-arithmetic (a shape sweep's plan counts every shape in seconds). Two choices make the count
-the model's arithmetic:
+`forward_flops` and `training_flops` ask the stage kind's module for its matrix products in
+closed form (its `matmul_flops`, built from mlit/model/closed_form.py): microseconds a shape,
+so a shape sweep's plan (mlit/shape) works out every run's epochs at once. `counted_forward_flops`
+and `counted_training_flops` count the same on the real model with
+`torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2 FLOPs; only matrix products
+are counted, as is usual: the element-wise work of norms, activations and softmax is left
+out), on the meta device: shapes without values, no arithmetic, about half a second for
+mLiT-S. tests/test_flops.py holds the two equal. Two choices make the count the model's
+arithmetic:
 - the MoE runs the sparse dispatch's products, each token multiplied only by the k experts it
   is routed to (on the meta device, `meta_expert_mixture` in mlit/model/mixtures.py: the same
   products as the `torch` reference, whatever the routing; the Triton kernel is a custom op
   the counter cannot see into);
 - attention runs SDPA's math backend, whose matrix products the counter sees (the fused CPU
   and GPU kernels compute the same products).
-`tools/param_count.py` prints these per model; the shape sweep (mlit/shape) turns training
-FLOPs per image into the compute axis of its scaling laws.
+`tools/param_count.py` prints these per model; the shape sweep turns training FLOPs per image
+into the compute axis of its scaling laws.
 """
 
 from __future__ import annotations
@@ -54,6 +59,19 @@ def scalar_output(out) -> torch.Tensor:
 
 def forward_flops(cfg: MLiTConfig, kind: str = "finetune", batch: int = 2) -> float:
     """Forward FLOPs per image in evaluation mode (the classifier by default)."""
+    row = STAGE_KINDS[kind]
+    return row.module.matmul_flops(cfg, batch * row.views, training=False) / batch
+
+
+def training_flops(cfg: MLiTConfig, kind: str, batch: int = 2) -> float:
+    """Forward + backward FLOPs per training image of a stage kind (pretrain: the MAE on
+    its visible patches and the decoder; simclr: both views; else the classifier)."""
+    row = STAGE_KINDS[kind]
+    return row.module.matmul_flops(cfg, batch * row.views, training=True) / batch
+
+
+def counted_forward_flops(cfg: MLiTConfig, kind: str = "finetune", batch: int = 2) -> float:
+    """forward_flops, counted on the model built on the meta device."""
     model = counting_model(cfg, kind).eval()
     images = example_batch(cfg, kind, batch)
     with torch.no_grad():
@@ -61,9 +79,8 @@ def forward_flops(cfg: MLiTConfig, kind: str = "finetune", batch: int = 2) -> fl
     return flops / batch
 
 
-def training_flops(cfg: MLiTConfig, kind: str, batch: int = 2) -> float:
-    """Forward + backward FLOPs per training image of a stage kind (pretrain: the MAE on
-    its visible patches and the decoder; simclr: both views; else the classifier)."""
+def counted_training_flops(cfg: MLiTConfig, kind: str, batch: int = 2) -> float:
+    """training_flops, counted on the model built on the meta device."""
     model = counting_model(cfg, kind).train()
     images = example_batch(cfg, kind, batch)
     return count(lambda: scalar_output(model(images)).backward()) / batch

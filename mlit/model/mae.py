@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mlit.model import closed_form
 from mlit.model.config import MLiTConfig
 from mlit.model.encoder import EncoderLayer, MLiTEncoder, patchify
 
@@ -26,6 +27,11 @@ class MAEOutput:
     mask: torch.Tensor  # (B, 144) 1 where the patch was hidden from the encoder
 
 
+def kept_patches(n_patches: int, mask_ratio: float) -> int:
+    """How many image patches the encoder sees."""
+    return int(n_patches * (1 - mask_ratio))
+
+
 def random_masking(tokens: torch.Tensor, mask_ratio: float, generator=None):
     """Keep a random (1 - mask_ratio) share of the image tokens and always the dummy (last).
 
@@ -34,7 +40,7 @@ def random_masking(tokens: torch.Tensor, mask_ratio: float, generator=None):
     """
     B, n_tokens, d = tokens.shape
     n_patches = n_tokens - 1
-    keep = int(n_patches * (1 - mask_ratio))
+    keep = kept_patches(n_patches, mask_ratio)
     noise = torch.rand(B, n_patches, device=tokens.device, generator=generator)
     shuffle = noise.argsort(dim=1)  # ascending: the first `keep` are kept
     restore = shuffle.argsort(dim=1)
@@ -133,6 +139,15 @@ class MaskedAutoEncoder(nn.Module):
 
     def eval_forward(self, imgs: torch.Tensor, generator: torch.Generator) -> MAEOutput:
         return self(imgs, generator=generator)
+
+    @staticmethod
+    def matmul_flops(cfg: MLiTConfig, images: int, training: bool) -> int:
+        """The encoder on the kept patches and the dummy, the decoder on every token
+        (mlit/model/closed_form.py)."""
+        visible = kept_patches(cfg.num_patches, cfg.mask_ratio) + 1
+        body = (closed_form.encoder_layers(images, visible, cfg, training)
+                + closed_form.decoder_products(images, visible, cfg, training))
+        return closed_form.with_backward(body, closed_form.patch_products(images, cfg), training)
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder.patch_embed.pos_embed", "decoder.pos_embed", "decoder.mask_token"}

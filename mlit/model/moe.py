@@ -9,6 +9,7 @@ by default (paper Table 9, where this was best), or W and W2, or W and V (`share
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,9 @@ from torch import nn
 
 from mlit.kernels.arrangements import ARRANGEMENTS, SHARED
 from mlit.model.dispatch import expert_mixture, is_fx_tracing
+
+if TYPE_CHECKING:
+    from mlit.model.config import MLiTConfig
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -217,3 +221,20 @@ class MoELayer(nn.Module):
         self.last_load.copy_(load)  # tokens routed to each expert, for logging
         y = self.experts(tokens, gates)
         return self.dropout(y).reshape(shape), aux
+
+
+def moe_layer(dim: int, hidden: int, num_experts: int, cfg: MLiTConfig) -> MoELayer:
+    """A layer's MoE with the configuration's gating and sharing."""
+    return MoELayer(dim, hidden, num_experts, cfg.top_k, cfg.expert_dropout,
+                    impl=cfg.moe_impl, shared=cfg.shared, noisy=cfg.noisy_gating,
+                    noise_epsilon=cfg.noise_epsilon, importance_weight=cfg.importance_weight,
+                    load_weight=cfg.load_weight, cv_epsilon=cfg.cv_epsilon)
+
+
+def dense_mlp_width(dim: int, hidden: int, num_experts: int, cfg: MLiTConfig) -> int:
+    """The hidden width of the dense ViT's Linear(d, w) + Linear(w, d) that holds as many
+    parameters as the MoE layer it replaces (mlit/model/encoder.py's DenseMLP)."""
+    with torch.device("meta"):
+        moe = moe_layer(dim, hidden, num_experts, cfg)
+    moe_params = sum(p.numel() for p in moe.parameters())
+    return max(1, round((moe_params - dim) / (2 * dim + 1)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlit.model import closed_form
 from mlit.model.config import MLiTConfig
 from mlit.model.encoder import MLiT
 
@@ -44,3 +45,13 @@ class LinearProbe(MLiT):
             tokens, _ = self.encoder(imgs)
         logits = self.head(tokens[:, -1].float())
         return logits, logits.new_zeros((), dtype=torch.float32)
+
+    @staticmethod
+    def matmul_flops(cfg: MLiTConfig, images: int, training: bool) -> int:
+        """The frozen encoder's forward in evaluation mode, then the linear head, whose input
+        needs no gradient: its backward is the weight's product alone."""
+        frozen = closed_form.with_backward(
+            closed_form.encoder_layers(images, cfg.num_patches + 1, cfg, training=False),
+            closed_form.patch_products(images, cfg), training=False)
+        head = closed_form.mm(images, cfg.embed_dim, cfg.num_classes)
+        return frozen + head * (2 if training else 1)

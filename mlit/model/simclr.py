@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlit.model import closed_form
 from mlit.model.config import MLiTConfig
 from mlit.model.encoder import MLiTEncoder
 
@@ -64,6 +65,15 @@ class SimCLR(nn.Module):
 
     def eval_forward(self, views: torch.Tensor, generator: torch.Generator) -> SimCLROutput:
         return self(views)
+
+    @staticmethod
+    def matmul_flops(cfg: MLiTConfig, views: int, training: bool) -> int:
+        """Every view through the encoder and the projection MLP, then each view's similarity
+        to every other (mlit/model/closed_form.py)."""
+        d, p, mm = cfg.embed_dim, cfg.simclr_projection_dim, closed_form.mm
+        body = closed_form.encoder_layers(views, cfg.num_patches + 1, cfg, training)
+        body += mm(views, d, d) + mm(views, d, p) + mm(views, p, views)
+        return closed_form.with_backward(body, closed_form.patch_products(views, cfg), training)
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder.patch_embed.pos_embed"}

@@ -130,18 +130,6 @@ def sweep_command(args) -> int:
     return train_all(sweep_dir, shard(runs, *parse_shard(args.shard)), args, "mlit.shape")
 
 
-def counting_progress():
-    """On a terminal, which shape's FLOPs the plan is counting (about 0.6 s each for the
-    larger ones), on one line that is cleared when the plan is done."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(i: int, n: int) -> None:
-        print(f"\rcounting the FLOPs of shape {i + 1} of {n}", end="", file=sys.stderr,
-              flush=True)
-    return show
-
-
 def sweep_folder(args, sweep) -> Path:
     return Path(args.sweep_dir or Path("sweeps") / sweep.name)
 
@@ -161,10 +149,7 @@ def show_plan(args, sweep, plan) -> int:
             print(f"{sweep_dir}: {total} runs planned, {done} started; " + ", ".join(
                 f"{len(v)} {k}" for k, v in sorted(states.items())))
         return 0
-    progress = counting_progress()
-    runs = plan(sweep, sweep_dir, progress)
-    if progress is not None:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)  # the progress line goes
+    runs = plan(sweep, sweep_dir)
     if args.json:
         print(json.dumps([{**r.as_dict(), "epochs": getattr(r.recipe, r.kind).epochs}
                           for r in runs], indent=1))

@@ -1,5 +1,6 @@
 """The runs of a shape sweep: every shape of the star at every budget, each trained for as many
-epochs as its budget buys at its own measured FLOPs per image (mlit/model/flops.py), laid out as a
+epochs as its budget buys at its own FLOPs per image (mlit/model/closed_form.py: torch's counter's
+figure, in closed form), laid out as a
 zoo is: `training/<run>/` (one-stage sweeps), or `pretraining/<run>/` and
 `finetuning/<run>/ft/` (MAE then fine-tuning). The zoo's runner trains them (skip, resume,
 shards, Ray)."""
@@ -26,10 +27,9 @@ def images_per_epoch(sweep: ShapeSweep, kind: str, train_size: int) -> int:
     return train_size // batch * batch
 
 
-def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".", progress=None) -> list[PlannedRun]:
+def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[PlannedRun]:
     """Every (shape, budget); first stages first, in a stable order, so shards are too. Each
-    shape's FLOPs are counted once (on the meta device, mlit/model/flops.py) and the
-    dataset is looked at once. progress(i, n), when given, is told before shape i of n."""
+    shape's FLOPs are worked out once and the dataset is looked at once."""
     sweep_dir = Path(sweep_dir)
     info = dataset_info(sweep.data)
 
@@ -39,9 +39,7 @@ def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".", progress=None) -> list[
 
     first, second = [], []
     shapes = sweep.shapes()
-    for i, (shape, arms) in enumerate(shapes):
-        if progress is not None:
-            progress(i, len(shapes))
+    for shape, arms in shapes:
         cfg = model_settings(sweep.model_for(shape), num_classes=info.num_classes)
         counted = {kind: training_flops(cfg, kind) for kind in sweep.kinds()}  # per image
         for budget in sweep.budgets:
