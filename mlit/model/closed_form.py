@@ -85,8 +85,9 @@ def patch_products(images: int, cfg: MLiTConfig) -> int:
     return mm(images * (cfg.num_patches + 1), cfg.patch_dim, cfg.embed_dim)
 
 
-def with_backward(trained: int, patches: int = 0, training: bool = True) -> int:
-    """A training step's FLOPs from its forward's: backward runs a product of the same size
-    for each operand that needs a gradient, the weight's and the input's (2) for trained
-    products, the weight's alone (1) for the patch embedding, whose images need none."""
+def with_backward(trained: int, patches: int, training: bool) -> int:
+    """A step's FLOPs from its forward's (unchanged in evaluation). Training adds backward:
+    a product of the same size for each operand that needs a gradient, the weight's and the
+    input's (2) for trained products, the weight's alone (1) for the patch embedding, whose
+    images need none."""
     return (3 * trained + 2 * patches) if training else trained + patches
