@@ -1,5 +1,5 @@
-"""FLOPs and active parameters per image: worked out from the configuration, and counted on
-the real model to check it.
+"""FLOPs per image, worked out from the configuration and counted on the real model to check
+it, and the parameters a token uses.
 
 `forward_flops` and `training_flops` ask the stage kind's module for its matrix products in
 closed form (its `matmul_flops`, built from mlit/model/closed_form.py): microseconds a shape,

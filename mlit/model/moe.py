@@ -9,7 +9,6 @@ by default (paper Table 9, where this was best), or W and W2, or W and V (`share
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -17,10 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlit.kernels.arrangements import ARRANGEMENTS, SHARED
+from mlit.model.config import MLiTConfig
 from mlit.model.dispatch import expert_mixture, is_fx_tracing
-
-if TYPE_CHECKING:
-    from mlit.model.config import MLiTConfig
 
 
 class _SumOverRanks(torch.autograd.Function):
