@@ -7,8 +7,9 @@ with the forward FLOPs per image and the parameters active per token.
     python tools/param_count.py --shared v_w2,w_w2,w_v   # Table 9's arrangements side by side
 
 classifier = encoder + a 100-class linear head; decoder = the MAE decoder alone; flops = the
-classifier's forward FLOPs for one 36x36 image, counted by torch.utils.flop_counter (a
-multiply-add is 2 FLOPs; mlit/model/flops.py); active_params = the classifier's parameters one token
+classifier's forward FLOPs for one 36x36 image, its matrix products in closed form (a
+multiply-add is 2 FLOPs; mlit/model/flops.py, held to torch.utils.flop_counter's count by the
+tests); active_params = the classifier's parameters one token
 uses (k of E experts per MoE layer).
 """
 
