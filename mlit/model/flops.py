@@ -57,17 +57,21 @@ def scalar_output(out) -> torch.Tensor:
     return out.loss
 
 
+def per_image(cfg: MLiTConfig, kind: str, training: bool, batch: int) -> float:
+    """The stage kind's module's matrix products for `batch` images (each of its views)."""
+    row = STAGE_KINDS[kind]
+    return row.module.matmul_flops(cfg, batch * row.views, training) / batch
+
+
 def forward_flops(cfg: MLiTConfig, kind: str = "finetune", batch: int = 2) -> float:
     """Forward FLOPs per image in evaluation mode (the classifier by default)."""
-    row = STAGE_KINDS[kind]
-    return row.module.matmul_flops(cfg, batch * row.views, training=False) / batch
+    return per_image(cfg, kind, False, batch)
 
 
 def training_flops(cfg: MLiTConfig, kind: str, batch: int = 2) -> float:
     """Forward + backward FLOPs per training image of a stage kind (pretrain: the MAE on
     its visible patches and the decoder; simclr: both views; else the classifier)."""
-    row = STAGE_KINDS[kind]
-    return row.module.matmul_flops(cfg, batch * row.views, training=True) / batch
+    return per_image(cfg, kind, True, batch)
 
 
 def counted_forward_flops(cfg: MLiTConfig, kind: str = "finetune", batch: int = 2) -> float:

@@ -50,8 +50,7 @@ class LinearProbe(MLiT):
     def matmul_flops(cfg: MLiTConfig, images: int, training: bool) -> int:
         """The frozen encoder's forward in evaluation mode, then the linear head, whose input
         needs no gradient: its backward is the weight's product alone."""
-        frozen = closed_form.with_backward(
-            closed_form.encoder_layers(images, cfg.num_patches + 1, cfg, training=False),
-            closed_form.patch_products(images, cfg), training=False)
+        frozen = (closed_form.patch_products(images, cfg)
+                  + closed_form.encoder_layers(images, cfg.num_patches + 1, cfg, training=False))
         head = closed_form.mm(images, cfg.embed_dim, cfg.num_classes)
         return frozen + head * (2 if training else 1)

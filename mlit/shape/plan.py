@@ -38,8 +38,7 @@ def plan(sweep: ShapeSweep, sweep_dir: str | Path = ".") -> list[PlannedRun]:
                                                                    info.train_size))))
 
     first, second = [], []
-    shapes = sweep.shapes()
-    for shape, arms in shapes:
+    for shape, arms in sweep.shapes():
         cfg = model_settings(sweep.model_for(shape), num_classes=info.num_classes)
         counted = {kind: training_flops(cfg, kind) for kind in sweep.kinds()}  # per image
         for budget in sweep.budgets:
