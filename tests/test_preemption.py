@@ -44,12 +44,26 @@ def signal_at(monkeypatch, kind: str, step: int, signum: int) -> None:
     monkeypatch.setattr(StageRun, "train_one", step_then_signal)
 
 
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    """The run never stopped, per pipeline, made once for the tests below."""
+    runs = {}
+
+    def run(pipeline: str) -> Path:
+        if pipeline not in runs:
+            tmp = tmp_path_factory.mktemp(f"unbroken_{pipeline}")
+            out = tmp / "straight"
+            assert train([str(recipe_file(tmp, pipeline=pipeline)), f"train.out={out}"]) == 0
+            runs[pipeline] = out
+        return runs[pipeline]
+    return run
+
+
 @pytest.mark.parametrize("pipeline", ["torchvision", "device"])
 def test_a_signal_mid_epoch_in_each_stage_loses_nothing(tmp_path, monkeypatch, capsys,
-                                                        pipeline):
+                                                        pipeline, unbroken):
     recipe = recipe_file(tmp_path, pipeline=pipeline)
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert train([str(recipe), f"train.out={straight}"]) == 0
+    straight, broken = unbroken(pipeline), tmp_path / "broken"
     capsys.readouterr()
     cases = [("pretrain", STEPS + 5, signal.SIGTERM), ("finetune", 3, signal.SIGINT)]
     for kind, step, signum in cases:
@@ -68,14 +82,14 @@ def test_a_signal_mid_epoch_in_each_stage_loses_nothing(tmp_path, monkeypatch, c
     assert_same_run(straight, broken)
 
 
-def test_ctrl_c_with_loader_workers_then_kill_9_resume_to_the_unbroken_weights(tmp_path):
+def test_ctrl_c_with_loader_workers_then_kill_9_resume_to_the_unbroken_weights(tmp_path,
+                                                                            unbroken):
     """Ctrl-C reaches the whole process group, the loader's workers too: they leave it to the
     main process, which stops after its step (130). Killed outright later, the run loses at
     most checkpoint_minutes: it resumes from the recovery checkpoint. Two loader workers and
     none draw the same augmentations, so the unbroken run here uses none."""
-    recipe = recipe_file(tmp_path)
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert train([str(recipe), f"train.out={straight}"]) == 0
+    recipe = recipe_file(tmp_path, pipeline="torchvision")
+    straight, broken = unbroken("torchvision"), tmp_path / "broken"
     command = [sys.executable, "-m", "mlit.train", str(recipe), f"train.out={broken}",
                "data.num_workers=2", "train.checkpoint_minutes=0.002"]
     metrics = broken / "metrics.jsonl"
