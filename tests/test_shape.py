@@ -14,7 +14,7 @@ from mlit.recipe.reading import RecipeError
 from mlit.recipe.schema import model_settings
 from mlit.shape.__main__ import main
 from mlit.shape.fit import UntrustedFit, fit_law
-from mlit.shape.recipe import load_sweep, shape_of, with_shape
+from mlit.shape.recipe import DIMS, load_sweep, shape_of, with_shape
 
 ROOT = Path(__file__).parents[1]
 TRUE = dict(alpha=30.0, a=0.7, beta=2e3, b=0.5, xi=50.0, c=0.35, eps=0.08)
@@ -115,7 +115,6 @@ def test_a_shipped_sweeps_plan_has_the_counters_flops(recipe):
     the meta device for every shape of the shipped sweep, so every run's epochs are too."""
     from mlit.data.catalogue import dataset_info
     from mlit.model.flops import counted_training_flops
-    from mlit.recipe.schema import model_settings
     from mlit.shape.plan import plan
 
     sweep = load_sweep(str(recipe), [])
@@ -124,7 +123,7 @@ def test_a_shipped_sweeps_plan_has_the_counters_flops(recipe):
     assert len(runs) == len(sweep.shapes()) * len(sweep.budgets) * len(sweep.kinds())
     counted = {}
     for run in runs:
-        shape = {key: run.factors[key] for key in ("d", "L", "h1", "E_max", "k")}
+        shape = {dim: run.factors[dim] for dim in DIMS}
         key = (tuple(shape.values()), run.kind)
         if key not in counted:
             cfg = model_settings(sweep.model_for(shape), num_classes=classes)
