@@ -47,7 +47,8 @@ def run_command(prog: str, body) -> int:
     with signals_as_interrupts():
         try:
             return body()
-        except BaseException as err:
+        except BaseException as raised:
+            err = distributed.teardown_or(raised)
             known = status_line(err)
             if known is None:
                 raise  # a bug: its traceback is what a report needs
@@ -70,7 +71,7 @@ def say(prog: str, err: BaseException, status: int, line: str) -> None:
     if label is None:
         label = str(w) if w.distributed else ""
     if w.distributed and ending in ("cause", "interrupt"):
-        distributed.announce(status, line)
+        distributed.announce(status, line, interrupted=ending == "interrupt")
     if distributed.report_dir() is not None:
         distributed.write_report(status, line or str(err), ending, label)
         return

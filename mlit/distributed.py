@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from mlit.errors import FAULT, Fault, ProjectError, first_line
+from mlit.errors import FAULT, Fault, Interrupted, ProjectError, first_line
 
 
 @dataclass(frozen=True)
@@ -156,18 +156,20 @@ class LostPeers(Fault):
 STOPPED_KEY = "mlit/stopped/"
 
 
-def announce(status: int, line: str) -> None:
+def announce(status: int, line: str, interrupted: bool) -> None:
     """Tell the other ranks, through the process group's store, that this rank stops on
-    purpose, before its sockets close: their failing collective then becomes PeerStopped
-    instead of advice to resume. Best effort: without a store nothing is announced."""
+    purpose (on a cause of its own, or interrupted), before its sockets close: their failing
+    collective then becomes PeerStopped instead of advice to resume. Best effort: without a
+    store nothing is announced."""
     store = _store()
     if store is not None:
         with contextlib.suppress(Exception):
-            store.set(f"{STOPPED_KEY}{_world.rank}", json.dumps([status, line]))
+            store.set(f"{STOPPED_KEY}{_world.rank}", json.dumps([status, line, interrupted]))
 
 
-def stopped_peer() -> PeerStopped | None:
-    """The first other rank that announced its stop, as this rank's PeerStopped."""
+def stopped_peer(causes_only: bool = False) -> PeerStopped | None:
+    """The first other rank that announced its stop (with causes_only, on a cause of its own,
+    not an interrupt), as this rank's PeerStopped."""
     store = _store()
     for rank in range(_world.size):
         key = f"{STOPPED_KEY}{rank}"
@@ -175,9 +177,20 @@ def stopped_peer() -> PeerStopped | None:
             continue
         with contextlib.suppress(Exception):
             if store.check([key]):
-                status, line = json.loads(store.get(key))
-                return PeerStopped(f"rank {rank} of {_world.size} stopped: {line}", status)
+                status, line, interrupted = json.loads(store.get(key))
+                if not (causes_only and interrupted):
+                    return PeerStopped(f"rank {rank} of {_world.size} stopped: {line}", status)
     return None
+
+
+def teardown_or(err: BaseException) -> BaseException:
+    """An interrupt that reaches a rank after another rank stopped on a cause of its own is
+    the launcher tearing the job down (torchrun's agent sends SIGTERM to the ranks left), not
+    a preemption: this rank then stops with that peer (PeerStopped), saying nothing, since a
+    resume cannot help. Any other error is returned as it is."""
+    if not (isinstance(err, Interrupted) and _world.distributed):
+        return err
+    return stopped_peer(causes_only=True) or err
 
 
 def _store():

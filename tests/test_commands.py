@@ -399,7 +399,7 @@ def wait_for_epoch(out: Path, proc: subprocess.Popen, stage: str, epoch: int) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
+def test_an_interrupted_run_says_where_it_stopped_and_to_rerun_the_command(
         tmp_path, signum, status):
     out = tmp_path / "interrupted"
     proc = start_training(out)
@@ -423,16 +423,8 @@ def test_an_interrupted_run_says_where_and_the_same_command_resumes_exactly(
     else:
         assert int(where[1]) == 22 * int(where[5]) and int(where[2]) == int(where[5])
         assert "(end of epoch" in where[0]
-    if signum == signal.SIGTERM:
-        return  # the resume is the same for both; once is enough for the suite's time
-    straight = tmp_path / "straight"
-    resumed, unbroken = start_training(out), start_training(straight)  # one thread each
-    for proc in (resumed, unbroken):
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err
-    a = torch.load(out / "finetune" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(straight / "finetune" / "checkpoint.pt", weights_only=False)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # that the same command then ends on the unbroken run's weights, after SIGINT to the
+    # command's process (and to its loader workers) in either stage, is tests/test_preemption.py's
 
 
 def test_interrupted_zoo_runs_say_which_model_and_resume(tmp_path, monkeypatch, capsys):

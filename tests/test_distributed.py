@@ -174,6 +174,63 @@ def test_a_rank_whose_tokens_skip_an_expert_finishes(tmp_path):
     assert g0["expert_weight"][0].abs().sum() > 0  # rank 0's tokens reached expert 0
 
 
+def stop_after_peer(rank: int, port: int, peer_interrupted: bool, results: str) -> None:
+    """Rank 1 stops first (on a cause of its own, or interrupted); then rank 0 is
+    interrupted by SIGTERM, as torchrun's agent does to the ranks left after one exits."""
+    import contextlib
+    import io
+
+    from mlit import distributed
+    from mlit.cli import run_command
+    from mlit.errors import BadInput, Interrupted
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2")
+    distributed.init()
+
+    def stop():
+        if rank == 1 and not peer_interrupted:
+            raise BadInput("12 images of the evaluation split cannot be decoded")
+        raise Interrupted(signal.SIGTERM)
+
+    err = io.StringIO()
+    if rank == 1:
+        with contextlib.redirect_stderr(err):
+            status = run_command("mlit.train", stop)
+    dist.barrier()  # rank 1's stop is announced before rank 0's interrupt
+    if rank == 0:
+        with contextlib.redirect_stderr(err):
+            status = run_command("mlit.train", stop)
+    Path(f"{results}.{rank}").write_text(json.dumps([status, err.getvalue()]))
+    dist.barrier()
+    distributed.shutdown()
+
+
+@pytest.mark.parametrize("peer_interrupted", [False, True], ids=["peer-cause", "preemption"])
+def test_sigterm_after_a_peer_stopped_on_its_own_cause_is_silent(tmp_path, peer_interrupted):
+    """The agent's teardown after rank 1 stopped on bad input is not a preemption: rank 0
+    says nothing (rank 1 said the cause) and advises no resume; a SIGTERM to every rank (a
+    preemption) is still rank 0's line."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = str(tmp_path / "outcome")
+    mp.spawn(stop_after_peer, args=(port, peer_interrupted, results), nprocs=2, join=True)
+    (status0, err0), (status1, err1) = (json.loads(Path(f"{results}.{r}").read_text())
+                                        for r in (0, 1))
+    if peer_interrupted:
+        assert (status0, status1, err1) == (143, 143, "")
+        assert err0.startswith("mlit.train: interrupted by SIGTERM"), err0
+    else:
+        assert (status0, err0) == (2, "")
+        assert (status1, err1) == (2, "mlit.train [rank 1 of 2]: 12 images of the evaluation "
+                                      "split cannot be decoded\n")
+
+
 def test_compiled_training_under_ddp_matches_eager(recipe, tmp_path):
     """train.compile under torchrun: Dynamo compiles the DDP-wrapped module (the MoE as the
     dense GEMM) and ends where the eager DDP run ends, to float precision."""

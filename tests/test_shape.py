@@ -131,6 +131,7 @@ def test_a_shipped_sweeps_plan_has_the_counters_flops(recipe):
         assert run.factors["flops_per_image"] == counted[key], run.path
 
 
+@pytest.mark.slow  # trains its nine runs
 def test_a_micro_sweep_plans_runs_fits_and_reports(tmp_path, capsys):
     recipe = tmp_path / "micro.yaml"
     recipe.write_text(yaml.safe_dump(MICRO))

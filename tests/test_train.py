@@ -141,10 +141,10 @@ def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_compiled_training_saves_plain_checkpoints(tmp_path):
     """train.compile runs the step under torch.compile (inductor; the MoE as the dense
-    GEMM here); checkpoints hold the module's own names and resume into an eager model."""
+    GEMM, which `moe_impl: auto` takes under it); checkpoints hold the module's own names and
+    resume into an eager model."""
     stages = {"supervised": {**SUPERVISED["supervised"], "epochs": 1}}
-    recipe = tiny_recipe(tmp_path, stages, train={"compile": True},
-                         model={"moe_impl": "dense"})
+    recipe = tiny_recipe(tmp_path, stages, train={"compile": True})
     summary = run(recipe)
     assert 0 <= summary["test_acc"] <= 1
     state = ckpt.load(tmp_path / "supervised" / "checkpoint.pt")["model"]
@@ -154,7 +154,9 @@ def test_compiled_training_saves_plain_checkpoints(tmp_path):
     mlit.create_model("mlit_micro", num_classes=10).load_state_dict(state)
 
 
-@pytest.mark.parametrize("shared", ["v_w2", "w_w2", "w_v"])
+# the quick tier trains the default arrangement; the full suite all three
+@pytest.mark.parametrize("shared", ["v_w2", *(pytest.param(s, marks=pytest.mark.slow)
+                                              for s in ("w_w2", "w_v"))])
 def test_the_quickstart_trains_every_sharing_arrangement(tmp_path, shared):
     """Table 9's arrangements through the user's command: MAE, then fine-tuning."""
     assert main(["recipes/quickstart.yaml", f"train.out={tmp_path}", f"model.shared={shared}",

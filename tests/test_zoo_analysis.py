@@ -130,6 +130,7 @@ def test_analyze_writes_the_report_and_its_figures(micro_zoo, capsys):
     assert "| nodes / edges | 8 / 6 | 14 / 12 | - | 14 / 12 | 14 / 12 |" in report
 
 
+@pytest.mark.slow  # the micro zoo trains 18 runs
 def test_averaged_models_use_the_runners_evaluation(micro_zoo):
     """A one-epoch 'average' is the checkpoint itself: its evaluation must reproduce the
     test accuracy the runner logged for that epoch."""
@@ -141,6 +142,7 @@ def test_averaged_models_use_the_runners_evaluation(micro_zoo):
     assert stats.agreement(analysis.predictions(model), analysis.predictions(model)) == 1.0
 
 
+@pytest.mark.slow  # the micro zoo trains 18 runs
 def test_eval_of_a_zoo_epoch_checkpoint_matches_its_logged_accuracy(micro_zoo, capsys):
     """mlit.eval rebuilds a zoo epoch's model from its model.pt alone and reads the data from
     the model folder's recipe.yaml: the accuracy the runner logged for that epoch, exactly."""
@@ -155,6 +157,7 @@ def test_eval_of_a_zoo_epoch_checkpoint_matches_its_logged_accuracy(micro_zoo, c
         assert json.loads(capsys.readouterr().out)["top1"] == logged[epoch]
 
 
+@pytest.mark.slow  # the micro zoo trains 18 runs
 def test_refined_zoo_joint_breakdown_and_the_papers_lineage_protocol(micro_zoo):
     full = ZooAnalysis(micro_zoo)
     accs = sorted(m.last["test_acc"] for m in full.finetunes)

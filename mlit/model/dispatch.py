@@ -29,7 +29,8 @@ The PyTorch implementations are in mlit/model/mixtures.py, the kernel in kernels
 - ``triton``: the fused kernel in ``mlit.kernels`` (CUDA, or TRITON_INTERPRET=1 on CPU), for
               v_w2 and w_w2; w_v has no single hidden activation to fuse.
 - ``auto``:   triton on CUDA tensors where it serves the arrangement, torch elsewhere (on
-              the CPU the sparse reference is measured the faster: docs/benchmarks.md).
+              the CPU the sparse reference is measured the faster: docs/benchmarks.md),
+              but dense under torch.compile, whose graph the routing would break.
 
 Whatever ``impl`` says, a model being recorded as a graph (torch.fx, torch.jit, torch.export;
 `capturing_graph`) computes ``dense``, whose shapes do not depend on the routing, and the meta
@@ -73,9 +74,12 @@ def resolve_impl(impl: str, x: torch.Tensor, shared: str = "v_w2") -> str:
     """The implementation that serves `impl` for x. The first Triton dispatch on a device
     (per dtype and arrangement) checks the kernel there first (kernel_trusted)."""
     if impl == "auto":
-        if not (triton_preferred(x) and shared in TRITON_SHARED):
-            return "torch"
-        return "triton" if kernel_trusted(x.device, kernel_dtype(x), shared) else "torch"
+        if triton_preferred(x) and shared in TRITON_SHARED and kernel_trusted(
+                x.device, kernel_dtype(x), shared):
+            return "triton"
+        # torch.compile would break its graph at every layer's routing (the sparse mixture's
+        # shapes depend on it): under it, the dense mixture, one graph for the whole model
+        return "dense" if torch.compiler.is_compiling() else "torch"
     if impl == "triton" and shared in TRITON_SHARED:
         kernel_trusted(x.device, kernel_dtype(x), shared, strict=True)
     return impl
