@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,7 @@ class LostPeers(Fault):
 
 
 STOPPED_KEY = "mlit/stopped/"
+STORE_ANSWER_S = 5.0  # how long an interrupted rank waits to learn whether a peer had stopped
 
 
 def announce(status: int, line: str, interrupted: bool) -> None:
@@ -190,7 +192,14 @@ def teardown_or(err: BaseException) -> BaseException:
     resume cannot help. Any other error is returned as it is."""
     if not (isinstance(err, Interrupted) and _world.distributed):
         return err
-    return stopped_peer(causes_only=True) or err
+    # at most a few seconds: a store whose host is gone (a preempted node) would hold the
+    # question until the group's timeout, and a preempted rank has seconds to leave
+    found = []
+    asking = threading.Thread(target=lambda: found.append(stopped_peer(causes_only=True)),
+                              daemon=True)
+    asking.start()
+    asking.join(STORE_ANSWER_S)
+    return (found[0] if found else None) or err
 
 
 def _store():

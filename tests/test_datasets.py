@@ -102,3 +102,48 @@ def test_damaged_svhn_and_flowers_files_are_named(tmp_path):
         (folder / name).write_bytes(rng.bytes(300))
     with pytest.raises(DatasetInvalid, match=f"^{folder}: the label files"):
         build_dataset("flowers102", str(tmp_path), True, None)
+
+
+def test_the_digits_split_is_scikit_learns_and_is_cached_and_checked(tmp_path, monkeypatch):
+    """The first load writes scikit-learn's split to the user's cache; later loads read it
+    (without importing scikit-learn); a damaged or altered cache is made again; a cache
+    that cannot be written is skipped."""
+    from mlit.data import digits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = digits.cache_file()
+    assert path.parent == tmp_path / "cache" / "mlit" and not path.exists()
+    truth = digits.split_from_sklearn()
+    assert {k: v.shape for k, v in truth.items()} == digits.SPLIT
+    per_class = np.bincount(truth["y_train"]) + np.bincount(truth["y_test"])
+    assert np.abs(np.bincount(truth["y_test"]) - 360 * per_class / 1797).max() < 1  # stratified
+
+    def same(split):
+        return all(np.array_equal(split[k], truth[k]) and split[k].dtype == truth[k].dtype
+                   for k in truth)
+
+    assert same(digits.digits_split()) and same(digits.read_cached(path))
+    train = digits.Digits(train=True)
+    image, label = train[0]
+    assert (len(train), image.size, image.mode, label) == (1437, (8, 8), "RGB",
+                                                           int(truth["y_train"][0]))
+
+    done = subprocess.run([sys.executable, "-c", "import sys; from mlit.data import digits; "
+                           "digits.digits_split(); print('sklearn' in sys.modules)"],
+                          env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr  # read from the cache
+
+    whole = path.read_bytes()
+    for damage in (whole[: len(whole) // 2],  # cut short
+                   whole.replace(truth["x_test"].tobytes()[:64], bytes(64))):  # CRC fails
+        path.write_bytes(damage)
+        assert digits.read_cached(path) is None
+        assert same(digits.digits_split()) and same(digits.read_cached(path))  # made again
+    altered = {**truth, "y_test": truth["y_test"] + 10}  # labels out of range
+    np.savez(path, **altered)
+    assert digits.read_cached(path) is None and same(digits.digits_split())
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))
+    (tmp_path / "a_file").write_text("not a folder")
+    assert same(digits.digits_split()) and not digits.cache_file().exists()

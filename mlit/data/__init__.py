@@ -2,7 +2,8 @@
 pipelines that feed a stage.
 
 - catalogue.py: what each dataset is (classes, statistics, size) and how its splits build;
-- datasets.py: torchvision's CIFAR, SVHN and Flowers102 with checks, scikit-learn's digits;
+- datasets.py: torchvision's CIFAR, SVHN and Flowers102 with checks;
+- digits.py: scikit-learn's bundled digits, split once and kept in the user's cache;
 - folder.py: your own images in ImageFolder layout; images.py: decoding one of them;
 - errors.py: a dataset that cannot be used, in one line;
 - transforms.py: the torchvision pipeline's augmentation;

@@ -72,12 +72,14 @@ def build_dataset(name: str, root: str, train: bool, transform, download: bool =
     """The train or test split of a dataset, checked, or a DatasetError with a one-line
     remedy (DatasetMissing: where to put it; DatasetInvalid: which file is damaged). The
     loaders (torchvision's, a second to import) are imported here, when a split is built."""
-    from mlit.data.datasets import CIFAR10, CIFAR100, NETWORK_ERRORS, SVHN, Digits, Flowers102
-
     if name == "digits":
+        from mlit.data.digits import Digits
+
         return Digits(train=train, transform=transform)
     if name == "folder":
         return folder.FolderImages(root, train, transform)
+    from mlit.data.datasets import CIFAR10, CIFAR100, NETWORK_ERRORS, SVHN, Flowers102
+
     kw = dict(root=root, transform=transform, download=download)
     try:
         if name == "cifar100":

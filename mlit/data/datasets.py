@@ -1,5 +1,5 @@
-"""Datasets: torchvision's CIFAR-10/100, SVHN and Flowers102 loaders, and scikit-learn's
-bundled handwritten digits for a quickstart that needs no download.
+"""Datasets: torchvision's CIFAR-10/100, SVHN and Flowers102 loaders (scikit-learn's bundled
+digits, the quickstart's, are mlit/data/digits.py).
 
 torchvision verifies the md5 of the archive it downloads (kept below). Once extracted, our
 subclasses only require the files to be present, so a CIFAR folder written by another tool
@@ -19,8 +19,6 @@ import urllib.error
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import datasets as tv
 
 from mlit.data.errors import DatasetInvalid
@@ -176,28 +174,3 @@ class Flowers102(CheckedDataset, tv.Flowers102):
         if missing:
             raise DatasetInvalid(f"{missing[0]}: missing ({len(missing)} images of the split "
                                  "are)")
-
-
-class Digits(Dataset):
-    """scikit-learn's 1,797 handwritten digits (8x8, 16 grey levels) as RGB PIL images.
-    A fixed stratified split: 1,437 train / 360 test."""
-
-    def __init__(self, train: bool = True, transform=None):
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        digits = load_digits()
-        pixels = (digits.images * (255 / 16)).round().astype(np.uint8)
-        x_tr, x_te, y_tr, y_te = train_test_split(pixels, digits.target, test_size=360,
-                                                  stratify=digits.target, random_state=0)
-        self.images, self.targets = (x_tr, y_tr) if train else (x_te, y_te)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        img = Image.fromarray(self.images[i], mode="L").convert("RGB")
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, int(self.targets[i])
