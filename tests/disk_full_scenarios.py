@@ -27,7 +27,7 @@ from mlit.train import main
 RECIPE = {
     "name": "full", "model": {"name": "mlit_micro"},
     "data": {"dataset": "digits", "num_workers": 0},
-    "train": {"progress": False, "log_every": 2, "threads": 2},
+    "train": {"progress": False, "log_every": 2, "threads": 1},  # beside another worker
     "supervised": {"epochs": 3, "batch_size": 256, "base_lr": 4e-3, "warmup_epochs": 1,
                    "checkpoint_every": 1},
 }

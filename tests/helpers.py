@@ -13,11 +13,16 @@ import torch
 from mlit.data.synthetic import write_cifar100  # noqa: F401 (the tests' generator)
 from mlit.recipe.schema import build_recipe
 
+# each test's runs take this process's share of the cores (tests/conftest.py: one under
+# pytest-xdist's two workers on two cores): a run on two threads beside another worker's
+# took 2.5x its time on one
+THREADS = torch.get_num_threads()
+
 
 def tiny_recipe(out, stages: dict, model_name="mlit_micro", **sections):
     tree = {"name": "test", "model": {"name": model_name},
             "data": {"dataset": "digits", "num_workers": 0},
-            "train": {"out": str(out), "progress": False, "log_every": 2, "threads": 2},
+            "train": {"out": str(out), "progress": False, "log_every": 2, "threads": THREADS},
             **stages}
     for key, value in sections.items():
         tree[key].update(value) if isinstance(tree.get(key), dict) else tree.update({key: value})
@@ -25,7 +30,7 @@ def tiny_recipe(out, stages: dict, model_name="mlit_micro", **sections):
 
 
 # the overrides that make any recipe a fast CPU run of mLiT-micro
-TINY = ["model.name=mlit_micro", "train.progress=false", "train.threads=2",
+TINY = ["model.name=mlit_micro", "train.progress=false", f"train.threads={THREADS}",
         "data.num_workers=0"]
 
 
@@ -45,7 +50,7 @@ PREEMPT = {
                  "augment": AUGMENT, "eval_every": 1},
     "finetune": {"epochs": 2, "batch_size": 64, "base_lr": 1e-3, "warmup_epochs": 1,
                  "augment": {**AUGMENT, "mixup": 0.8, "cutmix": 1.0}, "eval_every": 1},
-    "train": {"progress": False, "log_every": 4, "threads": 2},
+    "train": {"progress": False, "log_every": 4, "threads": THREADS},
 }
 STEPS = 1437 // 64  # digits' training split, per epoch
 

@@ -176,8 +176,8 @@ def test_torch_compile_forward_and_backward(name, fresh_dynamo):
 @pytest.mark.slow
 def test_torch_compile_with_inductor(fresh_dynamo):
     """Inductor's code for the inference graph gives eager's logits. Its training graph is
-    what `train.compile` runs: tests/test_train.py's compiled run (forward and backward, then
-    resumed eagerly) and tests/test_distributed.py's compiled DDP run (eager's weights)."""
+    what `train.compile` runs: tests/test_distributed.py's compiled run ends on eager's
+    weights."""
     torch.manual_seed(0)
     model = mlit.create_model("mlit_micro", num_classes=CLASSES).eval()
     x = images(model, 4)

@@ -26,7 +26,7 @@ from mlit.training.recipe_run import run
 from mlit.zoo.plan import plan
 from mlit.zoo.recipe import load_zoo_recipe
 
-from helpers import TINY, one_line, tiny_recipe
+from helpers import THREADS, TINY, one_line, tiny_recipe
 
 ROOT = Path(__file__).parents[1]
 SUPERVISED = {"supervised": {"epochs": 4, "batch_size": 256, "base_lr": 4e-3,
@@ -209,7 +209,7 @@ def test_resuming_with_another_recipe_is_refused_until_asked(tmp_path, capsys, s
         recipe = tmp_path / "sup.yaml"
         recipe.write_text(yaml.safe_dump({
             "model": {"name": "mlit_micro"}, "data": {"dataset": "digits", "num_workers": 0},
-            "train": {"progress": False, "log_every": 2, "threads": 2}, **SUPERVISED}))
+            "train": {"progress": False, "log_every": 2, "threads": THREADS}, **SUPERVISED}))
         return main([str(recipe), *base, *extra])
 
     assert cli("train.stop_after_epochs=1") == 0

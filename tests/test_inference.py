@@ -15,6 +15,8 @@ from mlit import plot as mlit_plot
 from mlit.files.checkpoint import CheckpointError
 from mlit.train import main as train
 
+from helpers import THREADS
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -24,7 +26,7 @@ def quickstart(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
     assert train([str(ROOT / "recipes/quickstart.yaml"), f"train.out={out}",
                   "pretrain.epochs=2", "finetune.epochs=2", "train.progress=false",
-                  "train.threads=2"]) == 0
+                  f"train.threads={THREADS}"]) == 0
     return out
 
 

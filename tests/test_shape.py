@@ -16,6 +16,8 @@ from mlit.shape.__main__ import main
 from mlit.shape.fit import UntrustedFit, fit_law
 from mlit.shape.recipe import DIMS, load_sweep, shape_of, with_shape
 
+from helpers import THREADS
+
 ROOT = Path(__file__).parents[1]
 TRUE = dict(alpha=30.0, a=0.7, beta=2e3, b=0.5, xi=50.0, c=0.35, eps=0.08)
 
@@ -101,7 +103,7 @@ MICRO = {
     "name": "micro", "centre": {"name": "mlit_micro"}, "dims": {"d": [8, 16, 24]},
     "stage": "supervised", "budgets": [1.5e9, 3.0e9, 6.0e9],
     "data": {"dataset": "digits", "num_workers": 0, "pipeline": "device"},
-    "train": {"progress": False, "threads": 2, "log_every": 100},
+    "train": {"progress": False, "threads": THREADS, "log_every": 100},
     "supervised": {"batch_size": 128, "base_lr": 4e-3,
                    "augment": {"crop_scale": [0.7, 1.0], "hflip": False}},
 }

@@ -16,7 +16,7 @@ from mlit.train import main
 from mlit.training.engine import NonFiniteLoss
 from mlit.training.recipe_run import run
 
-from helpers import tiny_recipe, write_cifar100
+from helpers import THREADS, tiny_recipe, write_cifar100
 
 SUPERVISED = {"supervised": {"epochs": 4, "batch_size": 256, "base_lr": 4e-3,
                              "warmup_epochs": 1, "checkpoint_every": 1,
@@ -138,22 +138,6 @@ def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
     assert f"cifar100 not found under {tmp_path}/nothing" in err and "cifar-100-python/" in err
 
 
-@pytest.mark.slow
-def test_compiled_training_saves_plain_checkpoints(tmp_path):
-    """train.compile runs the step under torch.compile (inductor; the MoE as the dense
-    GEMM, which `moe_impl: auto` takes under it); checkpoints hold the module's own names and
-    resume into an eager model."""
-    stages = {"supervised": {**SUPERVISED["supervised"], "epochs": 1}}
-    recipe = tiny_recipe(tmp_path, stages, train={"compile": True})
-    summary = run(recipe)
-    assert 0 <= summary["test_acc"] <= 1
-    state = ckpt.load(tmp_path / "supervised" / "checkpoint.pt")["model"]
-    assert not any(k.startswith("_orig_mod") for k in state)
-    import mlit
-
-    mlit.create_model("mlit_micro", num_classes=10).load_state_dict(state)
-
-
 # the quick tier trains the default arrangement; the full suite all three
 @pytest.mark.parametrize("shared", ["v_w2", *(pytest.param(s, marks=pytest.mark.slow)
                                               for s in ("w_w2", "w_v"))])
@@ -161,7 +145,7 @@ def test_the_quickstart_trains_every_sharing_arrangement(tmp_path, shared):
     """Table 9's arrangements through the user's command: MAE, then fine-tuning."""
     assert main(["recipes/quickstart.yaml", f"train.out={tmp_path}", f"model.shared={shared}",
                  "pretrain.epochs=2", "finetune.epochs=1", "finetune.warmup_epochs=0",
-                 "train.progress=false", "train.threads=2"]) == 0
+                 "train.progress=false", f"train.threads={THREADS}"]) == 0
     state = ckpt.load(tmp_path / "finetune" / "checkpoint.pt")
     assert state["model_config"]["shared"] == shared
     own = state["model"]["encoder.layers.2.moe.experts.expert_weight"]  # 5 experts, h = 32

@@ -16,6 +16,8 @@ from mlit.zoo.__main__ import main
 from mlit.zoo.plan import plan
 from mlit.zoo.recipe import load_zoo_recipe
 
+from helpers import THREADS
+
 ROOT = Path(__file__).parents[1]
 MICRO = {
     "name": "micro",
@@ -23,7 +25,7 @@ MICRO = {
     # the batched pipeline (on the CPU here): the zoo's logic is under test, not PIL
     "pretrain_data": {"dataset": "digits", "num_workers": 0, "pipeline": "device"},
     "finetune_data": {"dataset": "digits", "num_workers": 0, "pipeline": "device"},
-    "train": {"progress": False, "threads": 2, "log_every": 100},
+    "train": {"progress": False, "threads": THREADS, "log_every": 100},
     "backbones": [{"kind": "mae", "seeds": [0]}, {"kind": "supervised", "seeds": [0]}],
     "pretraining": {
         "mae": {"epochs": 1, "batch_size": 256, "base_lr": 4e-3},
