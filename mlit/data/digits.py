@@ -27,12 +27,13 @@ SPLIT = {"x_train": (1437, 8, 8), "x_test": (360, 8, 8), "y_train": (1437,), "y_
 
 
 def cache_file() -> Path | None:
-    """Where this scikit-learn release's split is kept; None without scikit-learn."""
+    """Where this scikit-learn release's split is kept; None without scikit-learn or a home
+    folder (the split is then made every time)."""
     try:
         release = importlib.metadata.version("scikit-learn")
-    except importlib.metadata.PackageNotFoundError:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except (importlib.metadata.PackageNotFoundError, RuntimeError):
         return None
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "mlit" / f"digits-split-scikit-learn-{release}.npz"
 
 
@@ -78,6 +79,7 @@ def write_cached(path: Path, split: dict[str, np.ndarray]) -> None:
 
 
 def digits_split() -> dict[str, np.ndarray]:
+    """The split, from the cache when it holds it, else from scikit-learn (then cached)."""
     path = cache_file()
     split = read_cached(path) if path is not None else None
     if split is None:
