@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -92,16 +91,20 @@ def test_ctrl_c_with_loader_workers_then_kill_9_resume_to_the_unbroken_weights(t
     straight, broken = unbroken("torchvision"), tmp_path / "broken"
     command = [sys.executable, "-m", "mlit.train", str(recipe), f"train.out={broken}",
                "data.num_workers=2", "train.checkpoint_minutes=0.002"]
-    metrics = broken / "metrics.jsonl"
 
-    def records() -> int:
-        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    def saved_step(kind: str) -> int:  # the recovery checkpoint's, written every 0.12 s
+        return checkpoint(broken, kind)["step"] if (broken / kind / "checkpoint.pt").exists() \
+            else 0
 
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-    wait_for(lambda: records() >= 1, proc, "the first epoch")
-    time.sleep(0.5)
+    # the Ctrl-C lands early in epoch 2 however fast the run is: the run is frozen (SIGSTOP)
+    # as soon as a checkpoint from epoch 2 shows, then signalled, then let go, so it can take
+    # no more than the step in flight (a fixed wait once let a fast run finish the epoch)
+    wait_for(lambda: saved_step("pretrain") > STEPS, proc, "a checkpoint in epoch 2")
+    os.killpg(proc.pid, signal.SIGSTOP)
     os.killpg(proc.pid, signal.SIGINT)  # what a Ctrl-C in a terminal does
+    os.killpg(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.count("\n") == 1 and err.startswith("mlit.train: interrupted by SIGINT in "
@@ -110,11 +113,9 @@ def test_ctrl_c_with_loader_workers_then_kill_9_resume_to_the_unbroken_weights(t
 
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-    finetune = broken / "finetune" / "checkpoint.pt"
-    wait_for(lambda: records() >= 3 and finetune.exists(), proc, "a finetune checkpoint")
-    time.sleep(0.5)
+    wait_for(lambda: saved_step("finetune") > STEPS, proc, "a finetune checkpoint in epoch 2")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
-    assert 0 < checkpoint(broken, "finetune")["step"] < 2 * STEPS  # a recovery checkpoint
+    assert STEPS < checkpoint(broken, "finetune")["step"] < 2 * STEPS  # a recovery checkpoint
     assert train([str(recipe), f"train.out={broken}"]) == 0
     assert_same_run(straight, broken)
