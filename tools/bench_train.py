@@ -6,19 +6,23 @@ augmented to 36x36 as in the recipes), and the epoch time that follows for 50,00
     python tools/bench_train.py --quick            # any machine: XXS, small batches
     python tools/bench_train.py --quick --models mlit_xxs,mlit_s --steps 10 --no-compile \
         --variants torch-device,vit-device          # the CPU step against its dense ViT
+    ... --quick --batch 256 --steps 3 ...           # the same at a CPU run's batch
 
 Variants per model and step (the training code is the runner's own: engine.train_step,
 optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
   input   device (uint8 on the device, batched augmentation) | dataloader (torchvision, workers)
   model   eager | compiled (torch.compile);  moe_impl torch | triton (dense on CPU)
   ref     a dense ViT of the same depth, width and parameter count (model.ffn=mlp)
-"input ms" is the time to produce one batch alone; "input %" its share of a step.
+"input ms" is the time to produce one batch alone; "input %" its share of a step. The variants
+take turns (--rounds, 3 with --quick) and each reports its median round, so that a busy moment
+of the machine does not fall on one variant alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import numpy as np
@@ -86,27 +90,37 @@ def time_input(batches, device, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def time_steps(model, batches, precision, steps: int, warmup: int) -> tuple[float, float]:
-    """Seconds a step, and peak device memory (MiB) of the timed steps (NaN on the CPU)."""
-    from mlit.training.engine import train_step
-    from mlit.training.optim import build_optimizer
+class Stepper:
+    """One variant's model, optimiser and batches, stepped as the runner steps
+    (engine.train_step), so that the variants can take turns (`timed`)."""
 
-    stage = Stage(epochs=1, batch_size=256, base_lr=1e-4)
-    optimizer = build_optimizer(model, stage)
-    scaler = precision.scaler()
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync(precision.device)
-            if precision.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-        x, y = next(batches)
-        train_step(model, x, y, optimizer, scaler, precision)
-    sync(precision.device)
-    seconds = (time.perf_counter() - start) / steps
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if precision.device.type == "cuda"
-            else float("nan"))
-    return seconds, peak
+    def __init__(self, model, batches, precision):
+        from mlit.training.optim import build_optimizer
+
+        self.model, self.batches, self.precision = model, batches, precision
+        self.optimizer = build_optimizer(model, Stage(epochs=1, batch_size=256, base_lr=1e-4))
+        self.scaler = precision.scaler()
+
+    def run(self, steps: int) -> None:
+        from mlit.training.engine import train_step
+
+        for _ in range(steps):
+            x, y = next(self.batches)
+            train_step(self.model, x, y, self.optimizer, self.scaler, self.precision)
+
+    def timed(self, steps: int) -> tuple[float, float]:
+        """Seconds a step, and peak device memory (MiB) of these steps (NaN on the CPU)."""
+        device = self.precision.device
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        self.run(steps)
+        sync(device)
+        seconds = (time.perf_counter() - start) / steps
+        peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                else float("nan"))
+        return seconds, peak
 
 
 def main(argv=None) -> None:
@@ -116,14 +130,23 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--steps", type=int, help="timed steps (default 20; --quick 3)")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, help="the variants take turns, each timing "
+                        "--steps steps a round; the median round counts, so that the machine's "
+                        "drift falls on every variant alike (default 1; --quick 3)")
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers")
     parser.add_argument("--quick", action="store_true",
                         help="XXS unless --models, batch 32, 3 steps unless --steps")
+    parser.add_argument("--batch", type=int, help="images a step (default: the paper's, "
+                                                   "Tables 3-4; --quick 32)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--variants", help="comma list of variant keys (default: all), e.g. "
                                            "fast-device,fast-device-compiled")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
     args = parser.parse_args(argv)
+    for flag in ("batch", "rounds"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    rounds = args.rounds or (3 if args.quick else 1)
     from mlit.data.catalogue import INFO
     from mlit.training.engine import select_precision
 
@@ -134,6 +157,9 @@ def main(argv=None) -> None:
     amp = args.dtype if device.type == "cuda" else "fp32"
     precision = select_precision(device, amp)
     models = (args.models or ("mlit_xxs" if args.quick else "mlit_s,mlit_xs,mlit_xxs")).split(",")
+    if unknown := [m for m in models if m not in MAE_BATCH]:  # mlit_tiny, _micro: 12x12 images
+        parser.error(f"--models {','.join(unknown)}: this benchmark times the CIFAR-sized "
+                     f"models ({', '.join(MAE_BATCH)})")
     steps = args.steps or (3 if args.quick else 20)
     warmup = 1 if args.quick else args.warmup
     workers = min(args.workers, 2) if args.quick else args.workers
@@ -146,7 +172,8 @@ def main(argv=None) -> None:
     labels = rng.integers(0, 100, n_images).astype(np.int64)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; dtype {precision.dtype}; "
-          f"images 32x32 uint8 -> 36x36 (3x3 patches, 145 tokens; MAE encoder 37)")
+          f"images 32x32 uint8 -> 36x36 (3x3 patches, 145 tokens; MAE encoder 37); the "
+          f"variants in turn, {rounds} round(s) of {steps} steps after {warmup}, the median round")
     variants = [  # (key, label, input, compiled, moe_impl, ffn)
         ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe"),
         ("torch-device", "eager torch device", "device", False, "torch", "moe"),
@@ -172,13 +199,12 @@ def main(argv=None) -> None:
     for model_name in models:
         for step in ("mae", "finetune"):
             batch = MAE_BATCH[model_name] if step == "mae" else FT_BATCH
-            batch = 32 if args.quick else batch
+            batch = args.batch or (32 if args.quick else batch)
             aug = MAE_AUG if step == "mae" else FT_AUG
             print(f"\n{model_name} {step} step, batch {batch}")
             print(f"  {'variant':<28} {'ms/step':>9} {'img/s':>9} {'epoch 50k':>10} "
                   f"{'input ms':>9} {'input %':>8} {'vs first':>8} {'peak MiB':>9}")
-            first = None
-            inputs, times = {}, {}
+            inputs, steppers = {}, {}
             for label, input_kind, compiled, impl, ffn in variants:
                 torch.manual_seed(0)
                 factory = mlit.create_mae if step == "mae" else mlit.create_model
@@ -189,7 +215,16 @@ def main(argv=None) -> None:
                     inputs[input_kind] = make_input(input_kind, images, labels, batch, aug,
                                                     device, workers)
                     inputs[input_kind + "_ms"] = time_input(inputs[input_kind], device, steps)
-                t, peak = time_steps(model, inputs[input_kind], precision, steps, warmup)
+                steppers[label] = Stepper(model, inputs[input_kind], precision)
+                steppers[label].run(warmup)
+            rounds_of = {label: [] for label in steppers}
+            for _ in range(rounds):
+                for label, stepper in steppers.items():
+                    rounds_of[label].append(stepper.timed(steps))
+            first, times = None, {}
+            for label, input_kind, *_ in variants:
+                t = statistics.median(seconds for seconds, _ in rounds_of[label])
+                peak = max(peak for _, peak in rounds_of[label])
                 first, times[label] = first or t, t
                 in_ms = inputs[input_kind + "_ms"]
                 records.append({"model": model_name, "step": step, "batch": batch,
