@@ -16,8 +16,9 @@ TRITON_ARRANGEMENTS = {name: not a.swish_on_own for name, a in ARRANGEMENTS.item
 
 
 def kernel_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the Triton kernel runs in: autocast's where it is on (custom ops are not
-    autocast by themselves)."""
+    """The dtype the Triton kernel runs in, and mlit.model.mixtures' RoutedProjection:
+    autocast's where it is on (custom ops are not autocast by themselves, and a Function's
+    backward runs in the dtypes its forward saved)."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype

@@ -174,6 +174,49 @@ def test_torch_and_dense_dispatch_have_equal_gradients():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("swish", [True, False])
+def test_the_routed_projections_written_out_backward_passes_gradcheck(swish):
+    """RoutedProjection (the sparse reference's per-expert loop, mlit/model/mixtures.py) has a
+    hand-written backward: float64 finite differences for every input, with one expert that no
+    token chose (its weight gradient must be exactly 0, its gate column untouched)."""
+    from mlit.model.mixtures import RoutedProjection
+
+    g = torch.Generator().manual_seed(0)
+    N, d, h, E = 9, 5, 4, 4
+    z = torch.randn(N, d, generator=g, dtype=torch.float64)
+    vals, idx = torch.randn(N, E - 1, generator=g, dtype=torch.float64).topk(2, dim=1)
+    gates = torch.zeros(N, E, dtype=torch.float64).scatter(1, idx, vals.softmax(1))  # E-1 unused
+    weight = torch.randn(E, d, h, generator=g, dtype=torch.float64)
+    bias = torch.randn(E, h, generator=g, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (z, gates, weight, bias)]
+    routed_only = gates > 0  # the contract defines the gate gradient there alone
+
+    def fn(z, gates, weight, bias):  # gates perturbed where routed only, the routing fixed
+        return RoutedProjection.apply(z, gates * routed_only, weight, bias, swish)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    fn(*inputs).sum().backward()
+    assert (weight.grad[E - 1] == 0).all() and (bias.grad[E - 1] == 0).all()
+    assert weight.grad[:E - 1].abs().sum() > 0
+    z_grad, gates_grad = z.grad, gates.grad
+    z.grad = gates.grad = None  # frozen experts: the other gradients alone, the same values
+    RoutedProjection.apply(z, gates, weight.detach(), bias.detach(), swish).sum().backward()
+    assert torch.equal(z.grad, z_grad) and torch.equal(gates.grad, gates_grad)
+
+
+def test_the_sparse_reference_runs_in_autocasts_dtype_and_returns_fp32_gradients():
+    """Under autocast (the CPU's bf16 here; CUDA's the same way) the products run in bf16, as
+    autocast would run them, and the gradients come back in the parameters' fp32."""
+    x, gates, weights = dispatch_inputs()
+    inputs = [t.clone().requires_grad_() for t in (x, gates, *weights)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = expert_mixture(*inputs, impl="torch")
+    assert out.dtype == torch.bfloat16
+    out.float().pow(2).sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in inputs)
+    torch.testing.assert_close(out.float(), formula(x, gates, *weights), atol=0.1, rtol=0.05)
+
+
 def test_moe_layer_shapes_and_load_bookkeeping():
     layer = MoELayer(16, hidden=8, num_experts=3, top_k=2, dropout=0.1).train()
     y, aux = layer(torch.randn(2, 5, 16))

@@ -23,7 +23,8 @@ The PyTorch implementations are in mlit/model/mixtures.py, the kernel in kernels
 ``mlit.kernels``), its first-dispatch check in mlit/model/kernel_check.py:
 
 - ``torch``:  the reference; gathers each expert's routed tokens, so unrouted token-expert
-              pairs are never computed (Shazeer et al.'s sparse dispatch).
+              pairs are never computed (Shazeer et al.'s sparse dispatch); the per-expert
+              loop is one autograd Function with its backward written out (RoutedProjection).
 - ``dense``:  computes every expert for every token in one GEMM and masks with g; wasteful
               in FLOPs but few launches (the fair GPU baseline).
 - ``triton``: the fused kernel in ``mlit.kernels`` (CUDA, or TRITON_INTERPRET=1 on CPU), for

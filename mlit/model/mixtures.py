@@ -7,43 +7,90 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from mlit.kernels.arrangements import own_and_common, owns_w2
+from mlit.kernels.support import kernel_dtype
 
 
 def routed_to(gates: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tokens routed to expert e and their gates (n_e, 1). index_select, whose gradient is
-    an index_add (not advanced indexing's accumulating index_put, several times slower on
-    the CPU), and the sums go in place: the same values, bit for bit."""
+    """The tokens routed to expert e and their gates (n_e, 1)."""
     column = gates[:, e]
     routed = column.nonzero().squeeze(1)
     return routed, column.index_select(0, routed).unsqueeze(1)
 
 
-def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
-    """Sparse reference: expert e only sees the tokens routed to it."""
-    if owns_w2(shared):  # one hidden layer, E output projections
-        hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)  # (N, h), shared
-        out = hidden.new_zeros(x.shape[0], w2.shape[2])
+class RoutedProjection(torch.autograd.Function):
+    """y = sum_e g_e phi(z A_e + a_e) over the routed (token, expert) pairs only, phi = silu or
+    the identity: each expert's own projection, the one part of a mixture that differs between
+    the arrangements (z is x for an own W or V, the hidden activation for an own W2).
+
+    Its backward is written out rather than left to autograd, which for the same products
+    would zero and add a tokens-sized gradient per expert (one per gather, then their sum)
+    and a weight-sized one per expert (the select of A_e): here each gradient is one buffer
+    that every expert adds its rows into (5-15% off a layer's forward and backward on the
+    CPU, docs/benchmarks.md; tests/test_moe.py checks it with gradcheck)."""
+
+    @staticmethod
+    def forward(ctx, z, gates, weight, bias, swish: bool):
+        out = z.new_zeros(z.shape[0], weight.shape[2])  # z, weight and bias: one dtype
+        pairs = []
         for e in range(gates.shape[1]):
             routed, gate_e = routed_to(gates, e)
-            if routed.numel():
-                y_e = torch.addmm(b2[e], hidden.index_select(0, routed), w2[e])
-                out.index_add_(0, routed, y_e * gate_e.to(y_e.dtype))
+            if routed.numel() == 0:  # an expert no token chose is never computed
+                continue
+            z_e = z.index_select(0, routed)
+            pre = torch.addmm(bias[e], z_e, weight[e])
+            act = F.silu(pre) if swish else pre
+            gate_e = gate_e.to(act.dtype)  # the gates are routing's fp32
+            out.index_add_(0, routed, act * gate_e)
+            pairs.append((e, routed, gate_e, z_e, pre, act))
+        ctx.pairs, ctx.swish = pairs, swish
+        ctx.save_for_backward(z, gates, weight)
         return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        z, gates, weight = ctx.saved_tensors
+        need_z, need_gates, need_weight, need_bias, _ = ctx.needs_input_grad
+        grad_z = torch.zeros_like(z) if need_z else None
+        grad_gates = torch.zeros_like(gates) if need_gates else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_bias = weight.new_zeros(weight.shape[0], weight.shape[2]) if need_bias else None
+        for e, routed, gate_e, z_e, pre, act in ctx.pairs:
+            grad_e = grad.index_select(0, routed)
+            if need_gates:  # d out / d g_e = phi(z A_e + a_e), summed against the gradient
+                grad_gates[:, e].index_copy_(0, routed, (grad_e * act).sum(1).to(gates.dtype))
+            grad_pre = grad_e * gate_e
+            if ctx.swish:
+                grad_pre = torch.ops.aten.silu_backward(grad_pre, pre)
+            if need_weight:
+                grad_weight[e] = z_e.t() @ grad_pre
+            if need_bias:
+                grad_bias[e] = grad_pre.sum(0)
+            if need_z:
+                grad_z.index_add_(0, routed, grad_pre @ weight[e].t())
+        return grad_z, grad_gates, grad_weight, grad_bias, None
+
+
+def routed_projection(z, gates, weight, bias, swish: bool) -> torch.Tensor:
+    """RoutedProjection in the dtype autocast would run its products in, cast to it outside
+    the Function so that autograd casts the gradients back (its backward runs in one dtype)."""
+    dtype = kernel_dtype(z)
+    return RoutedProjection.apply(z.to(dtype), gates, weight.to(dtype), bias.to(dtype), swish)
+
+
+def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
+    """Sparse reference: expert e only sees the tokens routed to it (RoutedProjection)."""
+    if owns_w2(shared):  # one hidden layer, E output projections
+        hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)  # (N, h), shared
+        return routed_projection(hidden, gates, w2, b2, swish=False)
     own, own_bias, common, common_bias, swish_own = own_and_common(shared, w, b, v, c)
     value = F.linear(x, common, common_bias)  # (N, h), the shared factor
     if not swish_own:
         value = F.silu(value)
-    mixed = value.new_zeros(value.shape)  # (N, h), sum_e g_e phi(x P_e + p_e)
-    for e in range(gates.shape[1]):
-        routed, gate_e = routed_to(gates, e)
-        if routed.numel() == 0:
-            continue
-        act = torch.addmm(own_bias[e], x.index_select(0, routed), own[e])
-        if swish_own:
-            act = F.silu(act)
-        mixed.index_add_(0, routed, (act * gate_e.to(value.dtype)).to(mixed.dtype))
+    mixed = routed_projection(x, gates, own, own_bias, swish_own)  # sum_e g_e phi(x P_e + p_e)
     return F.linear(value * mixed, w2, b2)
 
 
