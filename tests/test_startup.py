@@ -1,6 +1,7 @@
 """Every command answers --help and a bad input (every tool --help) with what torch brings and
-little more: the libraries a command needs for its work (torchvision, timm, ONNX, matplotlib,
-Ray, TensorBoard, ...) are imported when the work starts (tools/bench_startup.py times it)."""
+little more, and so does a plan of every shipped sweep and zoo (it reads no image): the
+libraries a command needs for its work (torchvision, timm, ONNX, matplotlib, Ray, TensorBoard,
+...) are imported when the work starts (tools/bench_startup.py times it)."""
 
 import os
 import subprocess
@@ -18,6 +19,8 @@ CASES = {  # the command's module, then its arguments: --help, and a missing inp
     "mlit.zoo.__main__": [["--help"], ["plan", "nosuch.yaml"]],
     "mlit.shape.__main__": [["--help"], ["plan", "nosuch.yaml"]],
 }
+PLANS = {"mlit.shape.__main__": ["shape_sweep.yaml", "shape_sweep_digits.yaml"],
+         "mlit.zoo.__main__": ["zoo.yaml"]}  # recipes/
 PROBE = """
 import contextlib, importlib, importlib.util, io, sys
 cases = {cases!r}
@@ -30,6 +33,11 @@ for module, runs in cases.items():
             except SystemExit as stop:
                 status = stop.code
         assert status == (0 if argv == ["--help"] else 2), (module, argv, status)
+for module, recipes in {plans!r}.items():
+    for recipe in recipes:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            status = importlib.import_module(module).main(["plan", {recipes!r} + "/" + recipe])
+        assert status == 0 and out.getvalue(), (module, recipe, status)  # the table
 sys.path.insert(0, {tools!r})  # each tool as python tools/NAME.py runs it: --help
 for path in {tool_files!r}:
     spec = importlib.util.spec_from_file_location("tool", path)
@@ -49,9 +57,10 @@ PARTS = ("gpu_check_common", "gpu_check_parts", "gpu_check_train", "bench_infer_
          "bench_infer_report")
 
 
-def test_help_and_a_missing_input_import_none_of_the_heavy_libraries(tmp_path):
+def test_help_a_missing_input_and_the_shipped_plans_import_none_of_the_heavy_libraries(tmp_path):
     tools = sorted(str(p) for p in (ROOT / "tools").glob("*.py") if p.stem not in PARTS)
-    code = PROBE.format(cases=CASES, heavy=HEAVY, tools=str(ROOT / "tools"), tool_files=tools)
+    code = PROBE.format(cases=CASES, heavy=HEAVY, tools=str(ROOT / "tools"), tool_files=tools,
+                        plans=PLANS, recipes=str(ROOT / "recipes"))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # kernel_report
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, env=env)

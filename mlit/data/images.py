@@ -10,9 +10,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -23,6 +26,8 @@ def open_rgb(path: Path) -> Image.Image:
     clipped to white, and grey, RGBA, palette and CMYK become RGB. PIL's decompression-bomb
     warning (an image over 89 Mpx) becomes one line of ours; the image is still used; libtiff's
     own notes are silenced (c_stderr_silenced)."""
+    from PIL import Image, ImageOps  # here, not above: a sweep's or a zoo's plan opens none
+
     quiet = c_stderr_silenced() if path.suffix.lower() in (".tif", ".tiff") else \
         contextlib.nullcontext()
     with quiet, warnings.catch_warnings(record=True) as caught:
