@@ -202,6 +202,7 @@ def test_the_routed_projections_written_out_backward_passes_gradcheck(swish):
     z.grad = gates.grad = None  # frozen experts: the other gradients alone, the same values
     RoutedProjection.apply(z, gates, weight.detach(), bias.detach(), swish).sum().backward()
     assert torch.equal(z.grad, z_grad) and torch.equal(gates.grad, gates_grad)
+    assert (gates.grad[:, E - 1] == 0).all()
 
 
 def test_the_sparse_reference_runs_in_autocasts_dtype_and_returns_fp32_gradients():
