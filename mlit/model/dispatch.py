@@ -30,7 +30,7 @@ The PyTorch implementations are in mlit/model/mixtures.py, the kernel in kernels
 - ``triton``: the fused kernel in ``mlit.kernels`` (CUDA, or TRITON_INTERPRET=1 on CPU), for
               v_w2 and w_w2; w_v has no single hidden activation to fuse.
 - ``auto``:   triton on CUDA tensors where it serves the arrangement, torch elsewhere (on
-              the CPU the sparse reference is measured the faster: docs/benchmarks.md),
+              the CPU the sparse reference is measured the faster or close: docs/benchmarks.md),
               but dense under torch.compile, whose graph the routing would break.
 
 Whatever ``impl`` says, a model being recorded as a graph (torch.fx, torch.jit, torch.export;
