@@ -108,18 +108,31 @@ class Stepper:
             x, y = next(self.batches)
             train_step(self.model, x, y, self.optimizer, self.scaler, self.precision)
 
+    def resident_bytes(self) -> int:
+        """What this variant keeps on the device between steps: weights, buffers, gradients
+        and the optimiser's state."""
+        params = list(self.model.parameters())
+        state = [t for s in self.optimizer.state.values() for t in s.values()
+                 if torch.is_tensor(t)]
+        grads = [p.grad for p in params if p.grad is not None]
+        return sum(t.numel() * t.element_size()
+                   for t in (*params, *self.model.buffers(), *grads, *state))
+
     def timed(self, steps: int) -> tuple[float, float]:
-        """Seconds a step, and peak device memory (MiB) of these steps (NaN on the CPU)."""
+        """Seconds a step, and this variant's peak device memory (MiB) in these steps: its
+        resident tensors and what the steps allocated above everything resident, so the
+        other variants held for their turns are not counted (NaN on the CPU)."""
         device = self.precision.device
         sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated()
         start = time.perf_counter()
         self.run(steps)
         sync(device)
         seconds = (time.perf_counter() - start) / steps
-        peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-                else float("nan"))
+        peak = ((torch.cuda.max_memory_allocated() - resident + self.resident_bytes()) / 2**20
+                if device.type == "cuda" else float("nan"))
         return seconds, peak
 
 
@@ -147,6 +160,10 @@ def main(argv=None) -> None:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
     rounds = args.rounds or (3 if args.quick else 1)
+    models = (args.models or ("mlit_xxs" if args.quick else "mlit_s,mlit_xs,mlit_xxs")).split(",")
+    if unknown := [m for m in models if m not in MAE_BATCH]:  # mlit_tiny, _micro: 12x12 images
+        parser.error(f"--models {','.join(unknown)}: this benchmark times the CIFAR-sized "
+                     f"models ({', '.join(MAE_BATCH)})")
     from mlit.data.catalogue import INFO
     from mlit.training.engine import select_precision
 
@@ -156,10 +173,6 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = args.dtype if device.type == "cuda" else "fp32"
     precision = select_precision(device, amp)
-    models = (args.models or ("mlit_xxs" if args.quick else "mlit_s,mlit_xs,mlit_xxs")).split(",")
-    if unknown := [m for m in models if m not in MAE_BATCH]:  # mlit_tiny, _micro: 12x12 images
-        parser.error(f"--models {','.join(unknown)}: this benchmark times the CIFAR-sized "
-                     f"models ({', '.join(MAE_BATCH)})")
     steps = args.steps or (3 if args.quick else 20)
     warmup = 1 if args.quick else args.warmup
     workers = min(args.workers, 2) if args.quick else args.workers
