@@ -185,9 +185,10 @@ def test_torch_compile_with_inductor(fresh_dynamo):
 
 
 def test_eager_computes_only_the_routed_experts_a_graph_every_expert():
-    """Eager PyTorch computes each token's k experts alone (sparse dispatch: fewer FLOPs than
-    every expert on every token); a recorded graph computes every expert and multiplies it
-    by its gate, exactly the dense implementation's FLOPs, for the same logits."""
+    """Eager PyTorch's sparse reference (moe_impl=torch; `auto` on the CPU takes it above a
+    few tokens) computes each token's k experts alone (fewer FLOPs than every expert on every
+    token); a recorded graph computes every expert and multiplies it by its gate, exactly the
+    dense implementation's FLOPs, for the same logits."""
     from torch.utils.flop_counter import FlopCounterMode
 
     def flops(model, x):
@@ -196,7 +197,7 @@ def test_eager_computes_only_the_routed_experts_a_graph_every_expert():
         return counter.get_total_flops(), out
 
     torch.manual_seed(0)
-    model = mlit.create_model("mlit_tiny", num_classes=CLASSES).eval()
+    model = mlit.create_model("mlit_tiny", num_classes=CLASSES, moe_impl="torch").eval()
     dense = mlit.create_model("mlit_tiny", num_classes=CLASSES, moe_impl="dense").eval()
     dense.load_state_dict(model.state_dict())
     x = images(model, 4)

@@ -282,6 +282,25 @@ def test_torch_and_dense_gradients_agree_for_every_arrangement(shared):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shared", ["v_w2", "w_w2", "w_v"])
+def test_auto_on_the_cpu_is_dense_up_to_the_measured_activation_count(shared, monkeypatch):
+    """N x E*h at the rule's bound: `auto` runs the dense mixture; one value more: the sparse
+    reference (mlit.model.dispatch.CPU_DENSE_MAX_ACTIVATIONS), in every arrangement."""
+    import mlit.model.dispatch as dispatch
+
+    ran = []
+    for name in ("torch_expert_mixture", "dense_expert_mixture"):
+        def spy(*args, name=name, fn=getattr(dispatch, name)):
+            ran.append(name.split("_")[0])
+            return fn(*args)
+        monkeypatch.setattr(dispatch, name, spy)
+    x, gates, weights = arrangement_inputs(shared, N=40, h=7, E=4)
+    for bound in (40 * 4 * 7, 40 * 4 * 7 - 1):
+        monkeypatch.setattr(dispatch, "CPU_DENSE_MAX_ACTIVATIONS", bound)
+        expert_mixture(x, gates, *weights, shared=shared, impl="auto")
+    assert ran == ["dense", "torch"]
+
+
 def test_arrangements_own_different_parameters():
     import mlit
 

@@ -122,15 +122,20 @@ def test_model_with_triton_dispatch_compiles_as_one_graph():
         torch.testing.assert_close(pb.grad, pa.grad, atol=1e-4, rtol=1e-3, msg=name)
 
 
-def test_auto_picks_triton_on_cuda_and_torch_elsewhere():
+def test_auto_picks_triton_on_cuda_dense_for_a_few_cpu_tokens_and_torch_elsewhere():
     from mlit.kernels.moe import TRITON_ARRANGEMENTS
-    from mlit.model.dispatch import TRITON_SHARED, resolve_impl
+    from mlit.model.dispatch import CPU_DENSE_MAX_ACTIVATIONS, TRITON_SHARED, resolve_impl
 
     assert set(TRITON_ARRANGEMENTS) == set(TRITON_SHARED)  # the kernel serves what dispatch says
 
-    assert resolve_impl("auto", torch.empty(1)) == "torch"
-    assert resolve_impl("auto", torch.empty(1, device="meta")) == "torch"
-    assert resolve_impl("dense", torch.empty(1)) == "dense"
+    width = 3 * 80  # E*h
+    few, many = CPU_DENSE_MAX_ACTIVATIONS // width, CPU_DENSE_MAX_ACTIVATIONS // width + 1
+    assert resolve_impl("auto", torch.empty(few, 8), "v_w2", width) == "dense"
+    assert resolve_impl("auto", torch.empty(many, 8), "v_w2", width) == "torch"
+    assert resolve_impl("auto", torch.empty(few, 8), "v_w2", 2 * width) == "torch"
+    assert resolve_impl("auto", torch.empty(few, 8, device="meta"), "v_w2", width) == "torch"
+    assert resolve_impl("torch", torch.empty(few, 8), "v_w2", width) == "torch"
+    assert resolve_impl("dense", torch.empty(many, 8), "v_w2", width) == "dense"
     if torch.cuda.is_available():
         assert resolve_impl("auto", torch.empty(1, device="cuda")) == "triton"
 

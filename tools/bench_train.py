@@ -5,13 +5,14 @@ augmented to 36x36 as in the recipes), and the epoch time that follows for 50,00
     python tools/bench_train.py                    # GPU: mLiT-S/XS/XXS, bf16
     python tools/bench_train.py --quick            # any machine: XXS, small batches
     python tools/bench_train.py --quick --models mlit_xxs,mlit_s --steps 10 --no-compile \
-        --variants torch-device,vit-device          # the CPU step against its dense ViT
+        --variants auto-device,vit-device           # the CPU step against its dense ViT
     ... --quick --batch 256 --steps 3 ...           # the same at a CPU run's batch
 
 Variants per model and step (the training code is the runner's own: engine.train_step,
 optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
   input   device (uint8 on the device, batched augmentation) | dataloader (torchvision, workers)
-  model   eager | compiled (torch.compile);  moe_impl torch | triton (dense on CPU)
+  model   eager | compiled (torch.compile);  moe_impl auto (the default) | torch |
+          triton (dense on CPU)
   ref     a dense ViT of the same depth, width and parameter count (model.ffn=mlp)
 "input ms" is the time to produce one batch alone; "input %" its share of a step. The variants
 take turns (--rounds, 3 with --quick) and each reports its median round, so that a busy moment
@@ -189,6 +190,7 @@ def main(argv=None) -> None:
           f"variants in turn, {rounds} round(s) of {steps} steps after {warmup}, the median round")
     variants = [  # (key, label, input, compiled, moe_impl, ffn)
         ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe"),
+        ("auto-device", "eager auto device", "device", False, "auto", "moe"),  # the default
         ("torch-device", "eager torch device", "device", False, "torch", "moe"),
         ("fast-device", f"eager {fast_impl} device", "device", False, fast_impl, "moe"),
         ("fast-device-compiled", f"compiled {fast_impl} device", "device", True, fast_impl,

@@ -25,13 +25,15 @@ The PyTorch implementations are in mlit/model/mixtures.py, the kernel in kernels
 - ``torch``:  the reference; gathers each expert's routed tokens, so unrouted token-expert
               pairs are never computed (Shazeer et al.'s sparse dispatch); the per-expert
               loop is one autograd Function with its backward written out (RoutedProjection).
-- ``dense``:  computes every expert for every token in one GEMM and masks with g; wasteful
-              in FLOPs but few launches (the fair GPU baseline).
+- ``dense``:  computes every expert for every token (their own projections in one GEMM)
+              and masks with g; wasteful in FLOPs but few operations (the fair GPU
+              baseline, and the CPU's choice at few tokens).
 - ``triton``: the fused kernel in ``mlit.kernels`` (CUDA, or TRITON_INTERPRET=1 on CPU), for
               v_w2 and w_w2; w_v has no single hidden activation to fuse.
-- ``auto``:   triton on CUDA tensors where it serves the arrangement, torch elsewhere (on
-              the CPU the sparse reference is measured the faster or close: docs/benchmarks.md),
-              but dense under torch.compile, whose graph the routing would break.
+- ``auto``:   triton on CUDA tensors where it serves the arrangement; dense on the CPU for
+              few tokens x expert widths (CPU_DENSE_MAX_ACTIVATIONS), torch above and
+              elsewhere (the rule measured in docs/benchmarks.md); dense under
+              torch.compile, whose graph the routing would break.
 
 Whatever ``impl`` says, a model being recorded as a graph (torch.fx, torch.jit, torch.export;
 `capturing_graph`) computes ``dense``, whose shapes do not depend on the routing, and the meta
@@ -66,21 +68,40 @@ from mlit.model.mixtures import (
 TRITON_SHARED = tuple(TRITON_ARRANGEMENTS)  # what the kernel's algebra serves (W2 shared)
 
 
+# On the CPU, `auto` takes the dense mixture where its hidden activations, N tokens x E*h
+# (every expert's width), are at most this many values, and the sparse reference above.
+# Measured (docs/benchmarks.md): a layer alone is faster dense up to about here (mlit_s's
+# last layer at 1,184 tokens, 426,000 values, is not), and the MAE step of mlit_xxs and
+# mlit_xs at 32 images (1,184 tokens, up to 341,000 values) 0.5-3.5% faster
+CPU_DENSE_MAX_ACTIVATIONS = 400_000
+
+
 def triton_preferred(x: torch.Tensor) -> bool:
     """Where `auto` picks the Triton kernel: CUDA tensors."""
     return x.is_cuda
 
 
-def resolve_impl(impl: str, x: torch.Tensor, shared: str = "v_w2") -> str:
-    """The implementation that serves `impl` for x. The first Triton dispatch on a device
-    (per dtype and arrangement) checks the kernel there first (kernel_trusted)."""
+def dense_preferred(x: torch.Tensor, experts_width: int | None) -> bool:
+    """Where `auto` picks the dense mixture off the kernel: on the CPU, a batch of tokens x
+    whose time goes to the sparse loop's per-expert operations more than to the dense
+    products of unrouted experts (CPU_DENSE_MAX_ACTIVATIONS; experts_width = E*h)."""
+    return experts_width is not None and x.device.type == "cpu" \
+        and x.shape[0] * experts_width <= CPU_DENSE_MAX_ACTIVATIONS
+
+
+def resolve_impl(impl: str, x: torch.Tensor, shared: str = "v_w2",
+                 experts_width: int | None = None) -> str:
+    """The implementation that serves `impl` for tokens x of a layer whose experts are
+    experts_width = E*h wide together. The first Triton dispatch on a device (per dtype and
+    arrangement) checks the kernel there first (kernel_trusted)."""
     if impl == "auto":
         if triton_preferred(x) and shared in TRITON_SHARED and kernel_trusted(
                 x.device, kernel_dtype(x), shared):
             return "triton"
         # torch.compile would break its graph at every layer's routing (the sparse mixture's
         # shapes depend on it): under it, the dense mixture, one graph for the whole model
-        return "dense" if torch.compiler.is_compiling() else "torch"
+        compiling = torch.compiler.is_compiling()
+        return "dense" if compiling or dense_preferred(x, experts_width) else "torch"
     if impl == "triton" and shared in TRITON_SHARED:
         kernel_trusted(x.device, kernel_dtype(x), shared, strict=True)
     return impl
@@ -153,7 +174,8 @@ def dispatch(x, gates, w, b, v, c, w2, b2, shared: str, impl: str, top_k: int
         return meta_expert_mixture(x, gates, w, b, v, c, w2, b2, shared, top_k)
     if shared not in SHARED:
         raise ValueError(f"shared={shared!r}: must be one of {', '.join(SHARED)}")
-    impl = resolve_impl(impl, x, shared)
+    experts_width = gates.shape[1] * w2.shape[1]  # E*h: W2 is (d, h) shared, (E, h, d) owned
+    impl = resolve_impl(impl, x, shared, experts_width)
     if impl == "torch":
         fn = torch_expert_mixture
     elif impl == "dense":

@@ -95,7 +95,8 @@ def torch_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
 
 
 def dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
-    """Every expert on every token: one GEMM, then a gated sum."""
+    """Every expert on every token, the experts' own projections in one GEMM, then a gated
+    sum."""
     if owns_w2(shared):
         E, h, d = w2.shape
         hidden = F.silu(F.linear(x, w, b)) * F.linear(x, v, c)
@@ -104,10 +105,11 @@ def dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2"):
         return torch.einsum("ne,ned->nd", gates.to(outs.dtype), outs)
     own, own_bias, common, common_bias, swish_own = own_and_common(shared, w, b, v, c)
     E, d, h = own.shape
-    w_all = torch.cat([common.t(), own.permute(1, 0, 2).reshape(d, E * h)], dim=1)
-    b_all = torch.cat([common_bias, own_bias.reshape(E * h)])
-    proj = torch.addmm(b_all, x, w_all)  # (N, h + E*h)
-    value, acts = proj[:, :h], proj[:, h:].view(-1, E, h)
+    # the shared projection is a GEMM of its own: joined to the experts' (one concatenated
+    # weight, the product split after), the copies cost the CPU more than the GEMM saved
+    value = F.linear(x, common, common_bias)  # (N, h)
+    acts = torch.addmm(own_bias.reshape(E * h), x,
+                       own.permute(1, 0, 2).reshape(d, E * h)).view(-1, E, h)
     value, acts = (value, F.silu(acts)) if swish_own else (F.silu(value), acts)
     mixed = torch.einsum("ne,neh->nh", gates.to(acts.dtype), acts)
     return F.linear(value * mixed, w2, b2)

@@ -55,10 +55,10 @@ def autocast_on(x: torch.Tensor) -> bool:
 
 
 def cv_squared(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Squared coefficient of variation over experts: population var / (mean^2 + eps), in at
-    least fp32 (one expert: a variance of 0, so 0)."""
+    """Squared coefficient of variation over experts (the last dimension): population
+    var / (mean^2 + eps), in at least fp32 (one expert: a variance of 0, so 0)."""
     x = x.to(routing_dtype(x))
-    return x.var(unbiased=False) / (x.mean() ** 2 + eps)
+    return x.var(-1, unbiased=False) / (x.mean(-1) ** 2 + eps)
 
 
 def routing_dtype(x: torch.Tensor) -> torch.dtype:
@@ -115,12 +115,11 @@ class NoisyTopKGate(nn.Module):
         use_noise = self.noisy and self.training
         if use_noise:
             # c = x Wg and x Wn as one product: E-column products are bound by reading the
-            # tokens, now read once (and twice, not four times, in the backward); softplus
-            # runs several times faster on a contiguous copy than on the strided half
-            both = x @ torch.cat([self.w_gate, self.w_noise], 1).to(dtype)
-            clean = both[:, :self.num_experts]
-            noise_std = F.softplus(both[:, self.num_experts:].contiguous()) \
-                + self.noise_epsilon  # s
+            # tokens, now read once (and twice, not four times, in the backward)
+            clean, noise_logits = (x @ torch.cat([self.w_gate, self.w_noise], 1).to(dtype)) \
+                .split(self.num_experts, dim=1)
+            # softplus runs several times faster on a contiguous copy than on the strided half
+            noise_std = F.softplus(noise_logits.contiguous()) + self.noise_epsilon  # s
             logits = clean + torch.randn_like(noise_std) * noise_std  # h = c + eps * s
         else:
             clean = x @ self.w_gate.to(dtype)  # c = x Wg
@@ -128,30 +127,32 @@ class NoisyTopKGate(nn.Module):
             noise_std = clean  # read only with noise
         k = self.top_k
         top_vals, top_idx = logits.topk(min(k + 1, self.num_experts), dim=1)
-        top_k_gates = F.softmax(top_vals[:, :k], dim=1)
+        # softmax over the k kept logits, taken along dim 0 of their (k, N) transpose: ATen
+        # vectorises a softmax over the tokens, not over a last dimension of k (2-2.5x faster)
+        top_k_gates = F.softmax(top_vals[:, :k].t(), dim=0).t()
         gates = torch.zeros_like(logits).scatter(1, top_idx[:, :k], top_k_gates)
 
-        # sums over the global batch: under torchrun every rank's tokens count
-        # (docs/distributed.md), so the losses are those of one process at that batch
-        importance = global_sum(gates.sum(0))
+        routed = gates > 0
         if use_noise and k < self.num_experts:
             load = self.load_probability(clean, logits, noise_std, top_vals).sum(0)
         else:  # without noise the load is the (non-differentiable) routed count
-            load = (gates > 0).to(dtype).sum(0)
-        load = global_sum(load)
-        aux = (self.importance_weight * cv_squared(importance, self.cv_epsilon)
-               + self.load_weight * cv_squared(load, self.cv_epsilon))
-        return gates, aux, (gates > 0).sum(0).detach()
+            load = routed.to(dtype).sum(0)
+        # importance and load, summed over the global batch: under torchrun every rank's
+        # tokens count (docs/distributed.md), so the losses are those of one process at that
+        # batch; their two CV^2 in one call
+        balance = global_sum(torch.stack([gates.sum(0), load]))
+        cv = cv_squared(balance, self.cv_epsilon)
+        aux = self.importance_weight * cv[0] + self.load_weight * cv[1]
+        return gates, aux, routed.sum(0).detach()
 
     def load_probability(self, clean, noisy, noise_std, top_vals) -> torch.Tensor:
         """P(x, i) = Phi((c_i - t_i) / s_i): the chance that expert i stays in the top k when
         only its own noise is re-drawn. t_i is the k-th largest noisy logit among the *other*
         experts: the (k+1)-th largest of h if i is in the top k, else the k-th largest."""
         k = self.top_k
-        kth = top_vals[:, k - 1 : k]  # (N, 1) k-th largest of h
-        kth_plus_one = top_vals[:, k : k + 1]  # (N, 1) (k+1)-th largest of h
-        in_top_k = noisy >= kth
-        threshold = torch.where(in_top_k, kth_plus_one, kth)
+        in_top_k = noisy >= top_vals[:, k - 1 : k]  # h_i at least the k-th largest
+        # t_i: column k of top_vals (the (k+1)-th largest) where i is in the top k, else k-1
+        threshold = top_vals.gather(1, in_top_k.long() + (k - 1))
         return torch.special.ndtr((clean - threshold) / noise_std)
 
 
