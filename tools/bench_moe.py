@@ -6,9 +6,10 @@
 
 Implementations (mlit/model/dispatch.py): naive = per-expert gather, compute, index_add (the
 sparse reference); dense = every expert on every token (x V, and x [W_1..W_E] in one GEMM),
-masked by the gates, eager and under torch.compile; triton = the fused kernel (CUDA only). Shapes: the first
-layer (h1, 3 experts) and the last (hL, 5 experts) of each size, with N = 448 x 145 tokens
-(fine-tune batch) and N = 840 x 37 (MAE encoder: 36 visible patches + the dummy).
+masked by the gates, eager and under torch.compile; triton = the fused kernel (CUDA only).
+Shapes: the first layer (h1, 3 experts) and the last (hL, 5 experts) of each size, with
+N = 448 x 145 tokens (fine-tune batch) and N = 840 x 37 (MAE encoder: 36 visible patches + the
+dummy).
 Printed: median ms, speed-up over the best baseline and over the naive loop, achieved
 TFLOP/s (useful FLOPs: V, the k routed W_e, W2; backward counted as 2x forward), GB/s
 (x, gates, weights and y once, H written and read once) and peak memory of fwd+bwd.

