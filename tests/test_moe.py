@@ -205,6 +205,20 @@ def test_the_routed_projections_written_out_backward_passes_gradcheck(swish):
     assert (gates.grad[:, E - 1] == 0).all()
 
 
+def test_the_gated_sums_written_out_backward_passes_gradcheck():
+    """GatedSum (the dense mixture's sum_e g_ne a_ne, mlit/model/mixtures.py) has a
+    hand-written backward: float64 finite differences for the gates and the outputs, and
+    the same values as the einsum a graph records in its place."""
+    from mlit.model.mixtures import GatedSum
+
+    g = torch.Generator().manual_seed(0)
+    gates = torch.rand(7, 3, generator=g, dtype=torch.float64).requires_grad_()
+    acts = torch.randn(7, 3, 5, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(GatedSum.apply, (gates, acts))
+    torch.testing.assert_close(GatedSum.apply(gates, acts),
+                               torch.einsum("ne,neh->nh", gates, acts), atol=1e-12, rtol=0)
+
+
 def test_the_sparse_reference_runs_in_autocasts_dtype_and_returns_fp32_gradients():
     """Under autocast (the CPU's bf16 here; CUDA's the same way) the products run in bf16, as
     autocast would run them, and the gradients come back in the parameters' fp32."""
@@ -283,9 +297,10 @@ def test_torch_and_dense_gradients_agree_for_every_arrangement(shared):
 
 
 @pytest.mark.parametrize("shared", ["v_w2", "w_w2", "w_v"])
-def test_auto_on_the_cpu_is_dense_up_to_the_measured_activation_count(shared, monkeypatch):
-    """N x E*h at the rule's bound: `auto` runs the dense mixture; one value more: the sparse
-    reference (mlit.model.dispatch.CPU_DENSE_MAX_ACTIVATIONS), in every arrangement."""
+def test_auto_on_the_cpu_is_dense_up_to_the_measured_unrouted_count(shared, monkeypatch):
+    """N x (E - k) x h, the activations of experts a token is not routed to, at the rule's
+    bound: `auto` runs the dense mixture; one value more: the sparse reference
+    (mlit.model.dispatch.CPU_DENSE_MAX_UNROUTED), in every arrangement."""
     import mlit.model.dispatch as dispatch
 
     ran = []
@@ -294,10 +309,10 @@ def test_auto_on_the_cpu_is_dense_up_to_the_measured_activation_count(shared, mo
             ran.append(name.split("_")[0])
             return fn(*args)
         monkeypatch.setattr(dispatch, name, spy)
-    x, gates, weights = arrangement_inputs(shared, N=40, h=7, E=4)
-    for bound in (40 * 4 * 7, 40 * 4 * 7 - 1):
-        monkeypatch.setattr(dispatch, "CPU_DENSE_MAX_ACTIVATIONS", bound)
-        expert_mixture(x, gates, *weights, shared=shared, impl="auto")
+    x, gates, weights = arrangement_inputs(shared, N=40, h=7, E=4, k=2)
+    for bound in (40 * (4 - 2) * 7, 40 * (4 - 2) * 7 - 1):
+        monkeypatch.setattr(dispatch, "CPU_DENSE_MAX_UNROUTED", bound)
+        expert_mixture(x, gates, *weights, shared=shared, impl="auto", top_k=2)
     assert ran == ["dense", "torch"]
 
 

@@ -124,12 +124,12 @@ def test_model_with_triton_dispatch_compiles_as_one_graph():
 
 def test_auto_picks_triton_on_cuda_dense_for_a_few_cpu_tokens_and_torch_elsewhere():
     from mlit.kernels.moe import TRITON_ARRANGEMENTS
-    from mlit.model.dispatch import CPU_DENSE_MAX_ACTIVATIONS, TRITON_SHARED, resolve_impl
+    from mlit.model.dispatch import CPU_DENSE_MAX_UNROUTED, TRITON_SHARED, resolve_impl
 
     assert set(TRITON_ARRANGEMENTS) == set(TRITON_SHARED)  # the kernel serves what dispatch says
 
-    width = 3 * 80  # E*h
-    few, many = CPU_DENSE_MAX_ACTIVATIONS // width, CPU_DENSE_MAX_ACTIVATIONS // width + 1
+    width = (3 - 2) * 80  # (E - k) h
+    few, many = CPU_DENSE_MAX_UNROUTED // width, CPU_DENSE_MAX_UNROUTED // width + 1
     assert resolve_impl("auto", torch.empty(few, 8), "v_w2", width) == "dense"
     assert resolve_impl("auto", torch.empty(many, 8), "v_w2", width) == "torch"
     assert resolve_impl("auto", torch.empty(few, 8), "v_w2", 2 * width) == "torch"

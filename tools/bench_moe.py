@@ -7,9 +7,9 @@
 Implementations (mlit/model/dispatch.py): naive = per-expert gather, compute, index_add (the
 sparse reference); dense = every expert on every token (x V, and x [W_1..W_E] in one GEMM),
 masked by the gates, eager and under torch.compile; triton = the fused kernel (CUDA only).
-Shapes: the first layer (h1, 3 experts) and the last (hL, 5 experts) of each size, with
-N = 448 x 145 tokens (fine-tune batch) and N = 840 x 37 (MAE encoder: 36 visible patches + the
-dummy).
+Shapes: the first layer (h1, 3 experts) and the last (hL, 5 experts) of each size, and its
+MAE decoder's layer, with N = 448 x 145 tokens (fine-tune batch) and N = 840 x 37 (MAE encoder:
+36 visible patches + the dummy).
 Printed: median ms, speed-up over the best baseline and over the naive loop, achieved
 TFLOP/s (useful FLOPs: V, the k routed W_e, W2; backward counted as 2x forward), GB/s
 (x, gates, weights and y once, H written and read once) and peak memory of fwd+bwd.
@@ -37,7 +37,9 @@ def layer_shapes(model: str) -> list[tuple[str, int, int, int]]:
     cfg = mlit.model_config(model)
     hidden, experts = cfg.hidden_sizes(), cfg.experts_per_layer()
     return [(f"{model} first", cfg.embed_dim, hidden[0], experts[0]),
-            (f"{model} last", cfg.embed_dim, hidden[-1], experts[-1])]
+            (f"{model} last", cfg.embed_dim, hidden[-1], experts[-1]),
+            (f"{model} decoder", cfg.decoder_embed_dim, cfg.decoder_hidden,
+             cfg.decoder_num_experts)]
 
 
 def make_inputs(N, d, h, E, k, dtype, device):

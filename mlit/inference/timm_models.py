@@ -32,8 +32,8 @@ from torch import nn
 from mlit.data.catalogue import INFO
 from mlit.files.modelfile import read as read_model_file
 from mlit.files.weights import describe, expected_state, first_mismatch
+from mlit.model.capture import capturing_graph
 from mlit.model.config import MLiTConfig
-from mlit.model.dispatch import capturing_graph
 from mlit.model.encoder import MLiT, MLiTEncoder, build_head
 from mlit.model.registry import CLASSIFIER_KINDS, CONFIGS, model_config
 from mlit.model.stage_kinds import STAGE_KINDS

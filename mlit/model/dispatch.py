@@ -26,14 +26,15 @@ The PyTorch implementations are in mlit/model/mixtures.py, the kernel in kernels
               pairs are never computed (Shazeer et al.'s sparse dispatch); the per-expert
               loop is one autograd Function with its backward written out (RoutedProjection).
 - ``dense``:  computes every expert for every token (their own projections in one GEMM)
-              and masks with g; wasteful in FLOPs but few operations (the fair GPU
-              baseline, and the CPU's choice at few tokens).
+              and sums them weighted by g (GatedSum); wasteful in FLOPs but few operations
+              (the fair GPU baseline, and the CPU's choice where few activations go to
+              unrouted experts).
 - ``triton``: the fused kernel in ``mlit.kernels`` (CUDA, or TRITON_INTERPRET=1 on CPU), for
               v_w2 and w_w2; w_v has no single hidden activation to fuse.
-- ``auto``:   triton on CUDA tensors where it serves the arrangement; dense on the CPU for
-              few tokens x expert widths (CPU_DENSE_MAX_ACTIVATIONS), torch above and
-              elsewhere (the rule measured in docs/benchmarks.md); dense under
-              torch.compile, whose graph the routing would break.
+- ``auto``:   triton on CUDA tensors where it serves the arrangement; dense on the CPU
+              where the activations it computes in vain are few (CPU_DENSE_MAX_UNROUTED),
+              torch above and elsewhere (the rule measured in docs/benchmarks.md); dense
+              under torch.compile, whose graph the routing would break.
 
 Whatever ``impl`` says, a model being recorded as a graph (torch.fx, torch.jit, torch.export;
 `capturing_graph`) computes ``dense``, whose shapes do not depend on the routing, and the meta
@@ -51,13 +52,9 @@ import sys
 
 import torch
 
-try:  # fx's symbolic tracing alone (newer torch; the older name also answers under export)
-    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
-except ImportError:
-    from torch.fx._symbolic_trace import is_fx_tracing
-
 from mlit.kernels.arrangements import SHARED
 from mlit.kernels.support import TRITON_ARRANGEMENTS, kernel_dtype
+from mlit.model.capture import capturing_graph
 from mlit.model.kernel_check import KernelFault, check_device
 from mlit.model.mixtures import (
     dense_expert_mixture,
@@ -68,12 +65,14 @@ from mlit.model.mixtures import (
 TRITON_SHARED = tuple(TRITON_ARRANGEMENTS)  # what the kernel's algebra serves (W2 shared)
 
 
-# On the CPU, `auto` takes the dense mixture where its hidden activations, N tokens x E*h
-# (every expert's width), are at most this many values, and the sparse reference above.
-# Measured (docs/benchmarks.md): a layer alone is faster dense up to about here (mlit_s's
-# last layer at 1,184 tokens, 426,000 values, is not), and the MAE step of mlit_xxs and
-# mlit_xs at 32 images (1,184 tokens, up to 341,000 values) 0.5-3.5% faster
-CPU_DENSE_MAX_ACTIVATIONS = 400_000
+# On the CPU, `auto` takes the dense mixture where the hidden activations it computes for
+# experts a token is not routed to, N tokens x (E - k) experts x h, are at most this many
+# values, and the sparse reference above: dense pays for those, the sparse loop for its
+# per-expert gathers and scatters. Measured (docs/benchmarks.md, tools/bench_moe.py): a
+# layer alone is faster dense or even up to about here (the MAE decoder's at 4,640 tokens,
+# 334,000, 1.05-1.10x; mlit_xs's first, 445,000, 0.97-1.10x) and slower above (mlit_s's
+# last at 2,368 tokens, 511,000, 0.91x; its first at 4,640, 668,000, 0.92-1.00x)
+CPU_DENSE_MAX_UNROUTED = 450_000
 
 
 def triton_preferred(x: torch.Tensor) -> bool:
@@ -81,19 +80,20 @@ def triton_preferred(x: torch.Tensor) -> bool:
     return x.is_cuda
 
 
-def dense_preferred(x: torch.Tensor, experts_width: int | None) -> bool:
+def dense_preferred(x: torch.Tensor, unrouted_width: int | None) -> bool:
     """Where `auto` picks the dense mixture off the kernel: on the CPU, a batch of tokens x
     whose time goes to the sparse loop's per-expert operations more than to the dense
-    products of unrouted experts (CPU_DENSE_MAX_ACTIVATIONS; experts_width = E*h)."""
-    return experts_width is not None and x.device.type == "cpu" \
-        and x.shape[0] * experts_width <= CPU_DENSE_MAX_ACTIVATIONS
+    products of unrouted experts (CPU_DENSE_MAX_UNROUTED; unrouted_width = (E - k) h)."""
+    return unrouted_width is not None and x.device.type == "cpu" \
+        and x.shape[0] * unrouted_width <= CPU_DENSE_MAX_UNROUTED
 
 
 def resolve_impl(impl: str, x: torch.Tensor, shared: str = "v_w2",
-                 experts_width: int | None = None) -> str:
-    """The implementation that serves `impl` for tokens x of a layer whose experts are
-    experts_width = E*h wide together. The first Triton dispatch on a device (per dtype and
-    arrangement) checks the kernel there first (kernel_trusted)."""
+                 unrouted_width: int | None = None) -> str:
+    """The implementation that serves `impl` for tokens x of a layer whose E experts of
+    hidden width h, k a token, leave unrouted_width = (E - k) h unused for each. The first
+    Triton dispatch on a device (per dtype and arrangement) checks the kernel there first
+    (kernel_trusted)."""
     if impl == "auto":
         if triton_preferred(x) and shared in TRITON_SHARED and kernel_trusted(
                 x.device, kernel_dtype(x), shared):
@@ -101,7 +101,7 @@ def resolve_impl(impl: str, x: torch.Tensor, shared: str = "v_w2",
         # torch.compile would break its graph at every layer's routing (the sparse mixture's
         # shapes depend on it): under it, the dense mixture, one graph for the whole model
         compiling = torch.compiler.is_compiling()
-        return "dense" if compiling or dense_preferred(x, experts_width) else "torch"
+        return "dense" if compiling or dense_preferred(x, unrouted_width) else "torch"
     if impl == "triton" and shared in TRITON_SHARED:
         kernel_trusted(x.device, kernel_dtype(x), shared, strict=True)
     return impl
@@ -144,15 +144,6 @@ def kernel_trusted(device: torch.device, dtype: torch.dtype, shared: str,
     return trusted
 
 
-def capturing_graph() -> bool:
-    """Whether torch.fx, torch.jit.trace or torch.export is recording the model as a graph.
-    The sparse mixture's shapes depend on the routing, which a graph cannot hold, so a
-    recorded graph computes the dense mixture: the same function of the same weights
-    (unrouted experts are multiplied by a gate of exactly 0), equal within rounding."""
-    return (torch.jit.is_tracing() or is_fx_tracing()
-            or torch.compiler.is_exporting())
-
-
 def expert_mixture(x, gates, w, b, v, c, w2, b2, shared: str = "v_w2", impl: str = "auto",
                    top_k: int = 1):
     """Combine the routed SwiGLU experts of one layer; see the module docstring. Eager
@@ -169,13 +160,17 @@ def dispatch(x, gates, w, b, v, c, w2, b2, shared: str, impl: str, top_k: int
              ) -> torch.Tensor:
     """expert_mixture in eager PyTorch: the implementation `impl` resolves to."""
     if capturing_graph():
+        # the sparse mixture's shapes depend on the routing, which a graph cannot hold: the
+        # dense one is the same function of the same weights (unrouted experts are
+        # multiplied by a gate of exactly 0), equal within rounding
         return dense_expert_mixture(x, gates, w, b, v, c, w2, b2, shared)
     if x.device.type == "meta":  # shapes without values: no routing to read
         return meta_expert_mixture(x, gates, w, b, v, c, w2, b2, shared, top_k)
     if shared not in SHARED:
         raise ValueError(f"shared={shared!r}: must be one of {', '.join(SHARED)}")
-    experts_width = gates.shape[1] * w2.shape[1]  # E*h: W2 is (d, h) shared, (E, h, d) owned
-    impl = resolve_impl(impl, x, shared, experts_width)
+    # (E - k) h: W2 is (d, h) shared, (E, h, d) owned
+    unrouted_width = (gates.shape[1] - top_k) * w2.shape[1]
+    impl = resolve_impl(impl, x, shared, unrouted_width)
     if impl == "torch":
         fn = torch_expert_mixture
     elif impl == "dense":

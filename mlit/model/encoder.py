@@ -11,8 +11,8 @@ from torch import nn
 
 from mlit.model import closed_form
 from mlit.model.attention import GroupedQueryAttention
+from mlit.model.capture import capturing_graph
 from mlit.model.config import MLiTConfig
-from mlit.model.dispatch import capturing_graph
 from mlit.model.moe import dense_mlp_width, moe_layer
 
 

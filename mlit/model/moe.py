@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlit.kernels.arrangements import ARRANGEMENTS, SHARED
+from mlit.model.capture import is_fx_tracing
 from mlit.model.config import MLiTConfig
-from mlit.model.dispatch import expert_mixture, is_fx_tracing
+from mlit.model.dispatch import expert_mixture
 
 
 class _SumOverRanks(torch.autograd.Function):
