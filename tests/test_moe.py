@@ -217,6 +217,9 @@ def test_the_gated_sums_written_out_backward_passes_gradcheck():
     assert torch.autograd.gradcheck(GatedSum.apply, (gates, acts))
     torch.testing.assert_close(GatedSum.apply(gates, acts),
                                torch.einsum("ne,neh->nh", gates, acts), atol=1e-12, rtol=0)
+    GatedSum.apply(gates.detach(), acts).sum().backward()  # fixed gates: the outputs' alone
+    assert gates.grad is None
+    torch.testing.assert_close(acts.grad, gates.detach().unsqueeze(2).expand_as(acts))
 
 
 def test_the_sparse_reference_runs_in_autocasts_dtype_and_returns_fp32_gradients():

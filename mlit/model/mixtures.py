@@ -91,8 +91,11 @@ class GatedSum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         gates, acts = ctx.saved_tensors
-        grad_gates = torch.bmm(acts, grad.unsqueeze(2)).squeeze(2)  # <a_ne, dy_n>
-        return grad_gates, gates.unsqueeze(2) * grad.unsqueeze(1)  # g_ne dy_n
+        need_gates, need_acts = ctx.needs_input_grad
+        # d/dg_ne = <a_ne, dy_n>, d/da_ne = g_ne dy_n
+        grad_gates = torch.bmm(acts, grad.unsqueeze(2)).squeeze(2) if need_gates else None
+        grad_acts = gates.unsqueeze(2) * grad.unsqueeze(1) if need_acts else None
+        return grad_gates, grad_acts
 
 
 def gated_sum(gates: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
