@@ -6,7 +6,8 @@
 
 Implementations (mlit/model/dispatch.py): naive = per-expert gather, compute, index_add (the
 sparse reference); dense = every expert on every token (x V, and x [W_1..W_E] in one GEMM),
-masked by the gates, eager and under torch.compile; triton = the fused kernel (CUDA only).
+summed weighted by the gates, eager and under torch.compile; triton = the fused kernel (CUDA
+only).
 Shapes: the first layer (h1, 3 experts) and the last (hL, 5 experts) of each size, and its
 MAE decoder's layer, with N = 448 x 145 tokens (fine-tune batch) and N = 840 x 37 (MAE encoder:
 36 visible patches + the dummy).
