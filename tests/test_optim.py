@@ -34,6 +34,39 @@ def test_optimizers_and_linear_scaling_rule():
     assert type(opt).__name__ == "SGD" and opt.defaults["momentum"] == 0.99
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_cpu_optimisers_are_fused_and_step_as_the_per_tensor_loop(optimizer):
+    """On the CPU too the optimisers are PyTorch's fused ones (one pass a tensor), and their
+    steps are the per-tensor loop's (torch's CPU default) up to float rounding: the same
+    gradients, three steps, the groups' own learning rates and weight decays."""
+    import torch
+
+    torch.manual_seed(0)
+    model = mlit.create_model("mlit_micro", num_classes=10)
+    stage = Stage(epochs=2, batch_size=256, base_lr=1e-2, optimizer=optimizer, momentum=0.9,
+                  layer_decay=0.75)
+    fused = build_optimizer(model, stage)
+    assert [g["fused"] for g in fused.param_groups] == [True] * len(fused.param_groups)
+    twin = mlit.create_model("mlit_micro", num_classes=10)
+    twin.load_state_dict(model.state_dict())
+    loop = type(fused)([{**g, "params": [dict(twin.named_parameters())[n] for n in g["names"]],
+                         "fused": None, "foreach": False} for g in fused.param_groups])
+    for group in fused.param_groups:  # as the runner sets them (lr_at x the layer's scale)
+        group["lr"] = stage.lr * group["lr_scale"]
+    for group in loop.param_groups:
+        group["lr"] = stage.lr * group["lr_scale"]
+    start = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        for p, q in zip(model.parameters(), twin.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    pairs = list(zip(model.parameters(), twin.parameters()))
+    assert max((p - q).abs().max().item() for p, q in pairs) < 1e-6
+    assert min((p - s).abs().max().item() for p, s in zip(model.parameters(), start)) > 1e-4
+
+
 def test_warmup_then_cosine_per_step():
     stage = Stage(epochs=10, batch_size=256, base_lr=1e-3, min_lr=1e-5)
     lrs = [lr_at(s, 100, 10, stage) for s in range(100)]

@@ -14,6 +14,7 @@ optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
   model   eager | compiled (torch.compile);  moe_impl auto (the default) | torch |
           triton (dense on CPU)
   ref     a dense ViT of the same depth, width and parameter count (model.ffn=mlp)
+  optim   the runner's fused AdamW | its per-tensor loop (auto-device-loop: torch's CPU default)
 "input ms" is the time to produce one batch alone; "input %" its share of a step. The variants
 take turns (--rounds, 3 with --quick) and each reports its median round, so that a busy moment
 of the machine does not fall on one variant alone.
@@ -95,11 +96,14 @@ class Stepper:
     """One variant's model, optimiser and batches, stepped as the runner steps
     (engine.train_step), so that the variants can take turns (`timed`)."""
 
-    def __init__(self, model, batches, precision):
+    def __init__(self, model, batches, precision, optimizer_loop: bool = False):
         from mlit.training.optim import build_optimizer
 
         self.model, self.batches, self.precision = model, batches, precision
         self.optimizer = build_optimizer(model, Stage(epochs=1, batch_size=256, base_lr=1e-4))
+        if optimizer_loop:  # the same groups, stepped one tensor at a time (torch's CPU default)
+            groups = [{**g, "fused": None, "foreach": False} for g in self.optimizer.param_groups]
+            self.optimizer = type(self.optimizer)(groups)
         self.scaler = precision.scaler()
 
     def run(self, steps: int) -> None:
@@ -188,16 +192,21 @@ def main(argv=None) -> None:
     print(f"device: {name}; torch {torch.__version__}; dtype {precision.dtype}; "
           f"images 32x32 uint8 -> 36x36 (3x3 patches, 145 tokens; MAE encoder 37); the "
           f"variants in turn, {rounds} round(s) of {steps} steps after {warmup}, the median round")
-    variants = [  # (key, label, input, compiled, moe_impl, ffn)
-        ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe"),
-        ("auto-device", "eager auto device", "device", False, "auto", "moe"),  # the default
-        ("torch-device", "eager torch device", "device", False, "torch", "moe"),
-        ("fast-device", f"eager {fast_impl} device", "device", False, fast_impl, "moe"),
+    variants = [  # (key, label, input, compiled, moe_impl, ffn, optimizer loop)
+        ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe",
+         False),
+        ("auto-device", "eager auto device", "device", False, "auto", "moe", False),  # default
+        ("auto-device-loop", "eager auto device, AdamW loop", "device", False, "auto", "moe",
+         True),
+        ("torch-device", "eager torch device", "device", False, "torch", "moe", False),
+        ("fast-device", f"eager {fast_impl} device", "device", False, fast_impl, "moe", False),
         ("fast-device-compiled", f"compiled {fast_impl} device", "device", True, fast_impl,
-         "moe"),
-        ("dense-device-compiled", "compiled dense device", "device", True, "dense", "moe"),
-        ("vit-device", "dense ViT eager device", "device", False, "torch", "mlp"),
-        ("vit-device-compiled", "dense ViT compiled device", "device", True, "torch", "mlp"),
+         "moe", False),
+        ("dense-device-compiled", "compiled dense device", "device", True, "dense", "moe",
+         False),
+        ("vit-device", "dense ViT eager device", "device", False, "torch", "mlp", False),
+        ("vit-device-compiled", "dense ViT compiled device", "device", True, "torch", "mlp",
+         False),
     ]
     if args.variants:
         keys = args.variants.split(",")
@@ -220,7 +229,7 @@ def main(argv=None) -> None:
             print(f"  {'variant':<28} {'ms/step':>9} {'img/s':>9} {'epoch 50k':>10} "
                   f"{'input ms':>9} {'input %':>8} {'vs first':>8} {'peak MiB':>9}")
             inputs, steppers = {}, {}
-            for label, input_kind, compiled, impl, ffn in variants:
+            for label, input_kind, compiled, impl, ffn, loop in variants:
                 torch.manual_seed(0)
                 factory = mlit.create_mae if step == "mae" else mlit.create_model
                 model = factory(model_name, moe_impl=impl, ffn=ffn).to(device).train()
@@ -230,7 +239,7 @@ def main(argv=None) -> None:
                     inputs[input_kind] = make_input(input_kind, images, labels, batch, aug,
                                                     device, workers)
                     inputs[input_kind + "_ms"] = time_input(inputs[input_kind], device, steps)
-                steppers[label] = Stepper(model, inputs[input_kind], precision)
+                steppers[label] = Stepper(model, inputs[input_kind], precision, loop)
                 steppers[label].run(warmup)
             rounds_of = {label: [] for label in steppers}
             for _ in range(rounds):
