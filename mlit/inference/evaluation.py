@@ -4,8 +4,8 @@ The model comes from the file alone (a checkpoint, a zoo epoch's model.pt, a .sa
 an .onnx export); the dataset, the batch size and the precision from the run's resolved
 recipe (recipe.yaml beside the file or up to two folders above it; an export carries its
 recipe in its metadata), then from the overrides (`data.*`, `train.device`, `train.amp`,
-`batch_size=N`). A PyTorch model runs the runner's own evaluation loop
-(mlit.training.engine.eval_batches) on the same batches, so a run's final checkpoint gives
+`batch_size=N`). A PyTorch model runs the runner's own evaluation
+(mlit.training.engine.evaluate) on the same batches, so a run's final checkpoint gives
 its summary.json test_acc exactly; an ONNX file runs in ONNX Runtime. Both fill one
 PredictionSummary (mlit/inference/summary.py).
 """
@@ -30,7 +30,7 @@ from mlit.model.moe import MoELayer
 from mlit.model.registry import CLASSIFIER_KINDS, module_for
 from mlit.recipe.reading import RecipeError, parse_override, validate
 from mlit.recipe.schema import Data, Train
-from mlit.training.engine import eval_batches, select_device, select_precision
+from mlit.training.engine import evaluate, select_device, select_precision
 
 
 def settings(mf: modelfile.ModelFile, overrides: list[str]) -> tuple[Data, Train, int]:
@@ -99,21 +99,22 @@ class RoutingHooks:
 
 
 def run_eval(model: torch.nn.Module, loader, precision, num_classes: int) -> dict:
-    """One pass of the runner's evaluation loop: its losses (the model's eval_parts) and the
-    summary."""
+    """The runner's evaluation (its losses: the model's eval_parts) and, from the same
+    batches, the summary: top-1 and top-5, per class, the experts' shares."""
     classifier = hasattr(model, "predictions")
     hooks = RoutingHooks(model)
     summary = PredictionSummary(num_classes, [m.num_experts for m in hooks.layers])
-    sums: dict[str, float] = {}
+
+    def each_batch(targets, out):
+        summary.add(targets, out[0] if classifier else None)
+        hooks.flush(summary, targets)
+
     try:
-        for targets, out in eval_batches(model, loader, precision):
-            for k, v in model.eval_parts(out, targets).items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(targets)
-            summary.add(targets, out[0] if classifier else None)
-            hooks.flush(summary, targets)
+        losses = evaluate(model, loader, precision, each_batch)
     finally:
         hooks.remove()
-    return {**{k: v / summary.images for k, v in sums.items()}, **summary.result(classifier)}
+    losses.pop("acc", None)  # the summary's top-1, the same count
+    return {**losses, **summary.result(classifier)}
 
 
 def evaluate_file(path: str | Path, overrides: list[str] = (), out: str | Path | None = None

@@ -184,15 +184,19 @@ def eval_batches(model: nn.Module, loader, precision: Precision):
             yield targets, out
 
 
-def evaluate(model: nn.Module, loader, precision: Precision) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, precision: Precision,
+             each_batch=None) -> dict[str, float]:
     """Classifiers: top-1 accuracy (a fraction) and cross-entropy. MAE: its losses on a fixed
     mask per batch; SimCLR: InfoNCE on views drawn from a fixed seed; so runs compare.
     Under torchrun each rank holds a shard of the split and the counts and sums are added
-    over the ranks, so the accuracy is the single process's exactly."""
+    over the ranks, so the accuracy is the single process's exactly. `each_batch(targets,
+    output)`, if given, sees every batch too (mlit.eval's per-class and routing figures)."""
     keys, classifier = model.EVAL_KEYS, hasattr(model, "predictions")
     total, correct = 0, 0
     sums = dict.fromkeys(keys, 0.0)
     for targets, out in eval_batches(model, loader, precision):
+        if each_batch is not None:
+            each_batch(targets, out)
         n = len(targets)
         for k, v in model.eval_parts(out, targets).items():
             sums[k] += float(v) * n
