@@ -49,12 +49,11 @@ def test_the_cpu_optimisers_are_fused_and_step_as_the_per_tensor_loop(optimizer)
     assert [g["fused"] for g in fused.param_groups] == [True] * len(fused.param_groups)
     twin = mlit.create_model("mlit_micro", num_classes=10)
     twin.load_state_dict(model.state_dict())
-    loop = type(fused)([{**g, "params": [dict(twin.named_parameters())[n] for n in g["names"]],
+    twins = dict(twin.named_parameters())
+    loop = type(fused)([{**g, "params": [twins[n] for n in g["names"]],
                          "fused": None, "foreach": False} for g in fused.param_groups])
-    for group in fused.param_groups:  # as the runner sets them (lr_at x the layer's scale)
-        group["lr"] = stage.lr * group["lr_scale"]
-    for group in loop.param_groups:
-        group["lr"] = stage.lr * group["lr_scale"]
+    for group in (*fused.param_groups, *loop.param_groups):  # as the runner sets them
+        group["lr"] = stage.lr * group["lr_scale"]  # lr_at x the layer's scale
     start = [p.detach().clone() for p in model.parameters()]
     for _ in range(3):
         for p, q in zip(model.parameters(), twin.parameters()):
