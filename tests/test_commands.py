@@ -304,6 +304,17 @@ def test_the_tools_flags_are_checked_before_any_work(name, args, words, capsys):
     assert words in err[-1], err
 
 
+@pytest.mark.parametrize("device, dropped", [("cpu", {"dense-device-compiled"}),
+                                             ("cuda", {"fast-device"})])
+def test_bench_train_times_each_code_path_once(device, dropped):
+    """On CUDA auto is the Triton kernel (fast-device); on the CPU fast is dense, and the two
+    compiled dense variants are one."""
+    bench = tool("bench_train")
+    every = bench.all_variants("triton" if device == "cuda" else "dense")
+    kept = {v[0] for v in bench.distinct(every, device)}
+    assert kept == {v[0] for v in every} - dropped
+
+
 def test_check_layers_without_the_dev_extra_is_one_line(capsys, monkeypatch):
     import importlib.util
 

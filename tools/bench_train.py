@@ -12,7 +12,8 @@ Variants per model and step (the training code is the runner's own: engine.train
 optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
   input   device (uint8 on the device, batched augmentation) | dataloader (torchvision, workers)
   model   eager | compiled (torch.compile);  moe_impl auto (the default) | torch |
-          triton (dense on CPU)
+          triton (dense on CPU); a variant that runs another's code is timed once (on CUDA
+          auto is triton)
   ref     a dense ViT of the same depth, width and parameter count (model.ffn=mlp)
   optim   the runner's fused AdamW | its per-tensor loop (auto-device-loop: torch's CPU default)
 "input ms" is the time to produce one batch alone; "input %" its share of a step. The variants
@@ -141,6 +142,42 @@ class Stepper:
         return seconds, peak
 
 
+def all_variants(fast_impl: str) -> list[tuple]:
+    """Every variant the benchmark knows; fast_impl: triton on CUDA, dense on the CPU."""
+    return [  # (key, label, input, compiled, moe_impl, ffn, optimizer loop)
+        ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe",
+         False),
+        ("auto-device", "eager auto device", "device", False, "auto", "moe", False),  # default
+        ("auto-device-loop", "eager auto device, AdamW loop", "device", False, "auto", "moe",
+         True),
+        ("torch-device", "eager torch device", "device", False, "torch", "moe", False),
+        ("fast-device", f"eager {fast_impl} device", "device", False, fast_impl, "moe", False),
+        ("fast-device-compiled", f"compiled {fast_impl} device", "device", True, fast_impl,
+         "moe", False),
+        ("dense-device-compiled", "compiled dense device", "device", True, "dense", "moe",
+         False),
+        ("vit-device", "dense ViT eager device", "device", False, "torch", "mlp", False),
+        ("vit-device-compiled", "dense ViT compiled device", "device", True, "torch", "mlp",
+         False),
+    ]
+
+
+def distinct(variants: list[tuple], device_type: str) -> list[tuple]:
+    """The variants without those that run another's code (the first kept): on the CPU
+    fast-device-compiled and dense-device-compiled are both dense; on CUDA auto-device is the
+    Triton kernel, as fast-device is (a kernel that fails its check stops fast-device)."""
+    seen, kept = set(), []
+    for v in variants:
+        impl = v[4]
+        if impl == "auto" and device_type == "cuda":
+            impl = "triton"
+        same = (v[2], v[3], impl, *v[5:])
+        if same not in seen:
+            seen.add(same)
+            kept.append(v)
+    return kept
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma list (default mlit_s,mlit_xs,mlit_xxs; "
@@ -192,22 +229,7 @@ def main(argv=None) -> None:
     print(f"device: {name}; torch {torch.__version__}; dtype {precision.dtype}; "
           f"images 32x32 uint8 -> 36x36 (3x3 patches, 145 tokens; MAE encoder 37); the "
           f"variants in turn, {rounds} round(s) of {steps} steps after {warmup}, the median round")
-    variants = [  # (key, label, input, compiled, moe_impl, ffn, optimizer loop)
-        ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe",
-         False),
-        ("auto-device", "eager auto device", "device", False, "auto", "moe", False),  # default
-        ("auto-device-loop", "eager auto device, AdamW loop", "device", False, "auto", "moe",
-         True),
-        ("torch-device", "eager torch device", "device", False, "torch", "moe", False),
-        ("fast-device", f"eager {fast_impl} device", "device", False, fast_impl, "moe", False),
-        ("fast-device-compiled", f"compiled {fast_impl} device", "device", True, fast_impl,
-         "moe", False),
-        ("dense-device-compiled", "compiled dense device", "device", True, "dense", "moe",
-         False),
-        ("vit-device", "dense ViT eager device", "device", False, "torch", "mlp", False),
-        ("vit-device-compiled", "dense ViT compiled device", "device", True, "torch", "mlp",
-         False),
-    ]
+    variants = all_variants(fast_impl)
     if args.variants:
         keys = args.variants.split(",")
         unknown = sorted(set(keys) - {v[0] for v in variants})
@@ -217,9 +239,7 @@ def main(argv=None) -> None:
         variants = [v for v in variants if v[0] in keys]
     if args.no_compile:
         variants = [v for v in variants if not v[3]]
-    # on the CPU the 'fast' impl is dense: keep the first of two identical variants
-    seen: set[str] = set()
-    variants = [v[1:] for v in variants if not (v[1] in seen or seen.add(v[1]))]
+    variants = [v[1:] for v in distinct(variants, device.type)]
     for model_name in models:
         for step in ("mae", "finetune"):
             batch = MAE_BATCH[model_name] if step == "mae" else FT_BATCH
