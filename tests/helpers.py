@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -99,3 +100,19 @@ def wait_for(predicate, proc: subprocess.Popen, what: str, limit: float = 300) -
         assert proc.poll() is None, (what, proc.communicate())
         assert time.time() < deadline, what
         time.sleep(0.05)
+
+
+def tool(name: str):
+    """tools/<name>.py as a module, imported from its file as `python tools/<name>.py` runs it
+    (its siblings importable by name)."""
+    import importlib.util
+
+    folder = Path(__file__).parents[1] / "tools"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"tool_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module

@@ -30,6 +30,8 @@ from mlit.files.checkpoint import CheckpointError
 from mlit.shape import __main__ as shape_cli
 from mlit.zoo import __main__ as zoo_cli
 
+from helpers import tool
+
 ROOT = Path(__file__).parents[1]
 QUICK = ["recipes/quickstart.yaml", "model.name=mlit_micro", "pretrain.warmup_epochs=0",
          "finetune.warmup_epochs=0", "train.progress=false"]
@@ -264,22 +266,6 @@ def test_shape_fit_names_the_damaged_results_line(tmp_path, capsys, line, words)
 ])
 def test_numeric_flags_are_checked_for_their_range(command, args, words, capsys):
     assert_one_line(command, args, capsys, 2, words)
-
-
-def tool(name: str):
-    """tools/<name>.py as a module, imported from its file as `python tools/<name>.py` runs it
-    (its siblings importable by name)."""
-    import importlib.util
-
-    folder = Path(__file__).parents[1] / "tools"
-    sys.path.insert(0, str(folder))
-    try:
-        spec = importlib.util.spec_from_file_location(f"tool_{name}", folder / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(folder))
-    return module
 
 
 @pytest.mark.parametrize("name, args, words", [

@@ -157,8 +157,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # the compiled baseline meets every layer shape with and without grad: keep them all
-    torch._dynamo.config.recompile_limit = 64
+    if not args.no_compile:  # (Dynamo takes 2 s to import: only when it compiles)
+        # the compiled baseline meets every layer shape with and without grad: keep them all
+        torch._dynamo.config.recompile_limit = 64
     default = "bf16,fp16" if device.type == "cuda" else "fp32"
     dtypes = [DTYPES[t] for t in (args.dtypes or default).split(",")]
     token_counts = args.tokens or ([2048] if args.quick else [448 * 145, 840 * 37])

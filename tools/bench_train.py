@@ -165,7 +165,8 @@ def all_variants(fast_impl: str) -> list[tuple]:
 def distinct(variants: list[tuple], device_type: str) -> list[tuple]:
     """The variants without those that run another's code (the first kept): on the CPU
     fast-device-compiled and dense-device-compiled are both dense; on CUDA auto-device is the
-    Triton kernel, as fast-device is (a kernel that fails its check stops fast-device)."""
+    Triton kernel, as fast-device is (unless the kernel fails its first-dispatch check, which
+    the run then prints: docs/benchmarks.md)."""
     seen, kept = set(), []
     for v in variants:
         impl = v[4]
