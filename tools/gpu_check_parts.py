@@ -121,8 +121,8 @@ def bench_commands(smoke: bool, out: Path) -> dict[str, list[str]]:
                               "--models", "mlit_xxs", "--min-time", "0.01",
                               "--json", str(out / "bench_moe.json")],
                 "bench_train": [py, str(tools / "bench_train.py"), "--quick", "--no-compile",
-                                "--variants", "fast-device", "--rounds", "1", "--json",
-                                str(out / "bench_train.json")]}
+                                "--variants", "fast-device", "--rounds", "1", "--steps", "1",
+                                "--json", str(out / "bench_train.json")]}
     return {"bench_moe": [py, str(tools / "bench_moe.py"), "--step", "--dtypes", "bf16",
                           "--models", "mlit_s", "--min-time", "0.2",
                           "--json", str(out / "bench_moe.json")],
