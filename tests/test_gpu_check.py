@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tool
+
 pytestmark = pytest.mark.slow  # processes of their own: the full suite, not the quick tier
 
 ROOT = Path(__file__).parents[1]
@@ -20,6 +22,17 @@ def gpu_check(*args, timeout=900):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the tool sets it
     return subprocess.run([sys.executable, str(TOOL), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def before_any_part(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """`python tools/gpu_check.py ARGS` up to its first part, in the test's own process (what
+    it says about its arguments and its folder): the exit status and stderr."""
+    monkeypatch.setattr(sys, "argv", [str(TOOL), *args])  # argparse names the program by it
+    try:
+        status = tool("gpu_check").main(list(args))
+    except SystemExit as stop:  # argparse's errors
+        status = stop.code
+    return status, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +93,10 @@ def test_only_reruns_some_parts_and_a_part_out_of_time_is_reported(smoke):
     (["--only", "kernels"], "argument --only: unknown part kernels; choose from env, kernel"),
     (["--limit", "train=-5"], "argument --limit: 'train=-5': expected PART=SECONDS"),
 ])
-def test_bad_arguments_are_argparse_errors(args, message):
-    done = gpu_check(*args, timeout=60)
-    assert done.returncode == 2 and message in done.stderr
-    assert done.stderr.startswith("usage: gpu_check.py")
+def test_bad_arguments_are_argparse_errors(monkeypatch, capsys, args, message):
+    status, err = before_any_part(monkeypatch, capsys, *args)
+    assert status == 2 and message in err
+    assert err.startswith("usage: gpu_check.py")
 
 
 def test_a_damaged_part_file_is_reported_and_the_rest_kept(smoke, tmp_path):
@@ -92,10 +105,7 @@ def test_a_damaged_part_file_is_reported_and_the_rest_kept(smoke, tmp_path):
     __import__("shutil").copytree(out, copy)
     (copy / "bench.json").write_text('{"part": "bench", "passed": tr')  # killed mid-write
     (copy / "env.json").write_text('{"part": "env"}')
-    sys.path.insert(0, str(ROOT / "tools"))
-    import gpu_check as tool
-
-    report = tool.write_report(copy, ["--only", "kernel"])
+    report = tool("gpu_check").write_report(copy, ["--only", "kernel"])
     assert not report["passed"] and list(report["parts"]) == PARTS  # the others kept
     assert report["parts"]["bench"]["summary"].startswith(f"its result {copy / 'bench.json'} "
                                                           "is damaged (")
@@ -104,14 +114,15 @@ def test_a_damaged_part_file_is_reported_and_the_rest_kept(smoke, tmp_path):
         "passed, summary); run it again with --only env")
 
 
-def test_an_unwritable_out_and_a_limit_past_its_bound_are_one_line(tmp_path):
+def test_an_unwritable_out_and_a_limit_past_its_bound_are_one_line(monkeypatch, capsys,
+                                                                     tmp_path):
     (tmp_path / "file").write_text("")
-    done = gpu_check("--out", str(tmp_path / "file" / "sub"))
-    assert done.returncode == 2 and done.stderr == (
+    status, err = before_any_part(monkeypatch, capsys, "--out", str(tmp_path / "file" / "sub"))
+    assert status == 2 and err == (
         f"gpu_check: --out {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file, not a "
         "folder\n")
-    done = gpu_check("--limit", "env=1e6")
-    assert done.returncode == 2 and "SECONDS above 0 and below 100000" in done.stderr
+    status, err = before_any_part(monkeypatch, capsys, "--limit", "env=1e6")
+    assert status == 2 and "SECONDS above 0 and below 100000" in err
 
 
 @pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
