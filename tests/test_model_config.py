@@ -2,13 +2,12 @@
 have the paper's parameter counts."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import mlit
+
+from helpers import tool
 
 
 @pytest.mark.parametrize("overrides,field", [
@@ -36,10 +35,9 @@ def test_unknown_field_and_model_are_named():
         mlit.create_model("mlit_m")
 
 
-def test_param_counts_match_the_paper():
-    tool = Path(__file__).parents[1] / "tools" / "param_count.py"
-    counts = json.loads(subprocess.run([sys.executable, str(tool), "--json"], check=True,
-                                       capture_output=True, text=True).stdout)
+def test_param_counts_match_the_paper(capsys):
+    tool("param_count").main(["--json"])  # what `python tools/param_count.py --json` prints
+    counts = json.loads(capsys.readouterr().out)
     paper = {"mlit_s": (2.36, 2.38), "mlit_xs": (1.21, 1.22), "mlit_xxs": (0.66, 0.67)}
     assert set(counts) == set(paper)
     for name, (encoder, classifier) in paper.items():
