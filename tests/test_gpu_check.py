@@ -11,7 +11,8 @@ import pytest
 
 from helpers import tool
 
-pytestmark = pytest.mark.slow  # processes of their own: the full suite, not the quick tier
+# the tests that start the tool's processes are `slow` (the full suite, not the quick tier);
+# what it says about its arguments and folder is checked in this process, in both
 
 ROOT = Path(__file__).parents[1]
 TOOL = ROOT / "tools" / "gpu_check.py"
@@ -41,6 +42,7 @@ def smoke(tmp_path_factory):
     return out, gpu_check("--smoke", "--out", str(out))
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_part_and_passes(smoke):
     out, done = smoke
     assert done.returncode == 0, done.stdout + done.stderr
@@ -65,6 +67,7 @@ def test_smoke_runs_every_part_and_passes(smoke):
     assert len(profile["mae"]["top"]) == 10 and profile["finetune"]["total_ms"] > 0
 
 
+@pytest.mark.slow
 def test_report_reads_as_the_benchmarks_page(smoke):
     out, _ = smoke
     text = (out / "report.md").read_text()
@@ -75,6 +78,7 @@ def test_report_reads_as_the_benchmarks_page(smoke):
     assert "| mmLiT-S MAE epoch, 50k images, batch 840 | - | not measured (no GPU) |" in text
 
 
+@pytest.mark.slow
 def test_only_reruns_some_parts_and_a_part_out_of_time_is_reported(smoke):
     out, _ = smoke
     before = json.loads((out / "report.json").read_text())["parts"]["train"]
@@ -99,6 +103,7 @@ def test_bad_arguments_are_argparse_errors(monkeypatch, capsys, args, message):
     assert err.startswith("usage: gpu_check.py")
 
 
+@pytest.mark.slow
 def test_a_damaged_part_file_is_reported_and_the_rest_kept(smoke, tmp_path):
     out, _ = smoke
     copy = tmp_path / "out"
@@ -125,6 +130,7 @@ def test_an_unwritable_out_and_a_limit_past_its_bound_are_one_line(monkeypatch, 
     assert status == 2 and "SECONDS above 0 and below 100000" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_stops_the_running_part_too(tmp_path, sig, status):
     import signal
