@@ -102,17 +102,33 @@ def wait_for(predicate, proc: subprocess.Popen, what: str, limit: float = 300) -
         time.sleep(0.05)
 
 
+TOOLS = Path(__file__).parents[1] / "tools"
+
+
 def tool(name: str):
     """tools/<name>.py as a module, imported from its file as `python tools/<name>.py` runs it
     (its siblings importable by name)."""
     import importlib.util
 
-    folder = Path(__file__).parents[1] / "tools"
-    sys.path.insert(0, str(folder))
+    sys.path.insert(0, str(TOOLS))
     try:
-        spec = importlib.util.spec_from_file_location(f"tool_{name}", folder / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(folder))
+        sys.path.remove(str(TOOLS))
     return module
+
+
+def tool_main(name: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """`python tools/<name>.py ARGS` in this process, up to where it stops (its checks of its
+    flags and folders): the exit status, returned or argparse's SystemExit, stdout and stderr.
+    sys.argv[0] is the tool's path, as in its own process, so argparse names the program."""
+    monkeypatch.setattr(sys, "argv", [str(TOOLS / f"{name}.py"), *args])
+    capsys.readouterr()
+    try:
+        status = tool(name).main(list(args))
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err

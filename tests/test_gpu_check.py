@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import tool
+from helpers import tool, tool_main
 
 # the tests that start the tool's processes are `slow` (the full suite, not the quick tier);
 # what it says about its arguments and folder is checked in this process, in both
@@ -23,17 +23,6 @@ def gpu_check(*args, timeout=900):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the tool sets it
     return subprocess.run([sys.executable, str(TOOL), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def before_any_part(monkeypatch, capsys, *args) -> tuple[int, str]:
-    """`python tools/gpu_check.py ARGS` up to its first part, in the test's own process (what
-    it says about its arguments and its folder): the exit status and stderr."""
-    monkeypatch.setattr(sys, "argv", [str(TOOL), *args])  # argparse names the program by it
-    try:
-        status = tool("gpu_check").main(list(args))
-    except SystemExit as stop:  # argparse's errors
-        status = stop.code
-    return status, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +87,7 @@ def test_only_reruns_some_parts_and_a_part_out_of_time_is_reported(smoke):
     (["--limit", "train=-5"], "argument --limit: 'train=-5': expected PART=SECONDS"),
 ])
 def test_bad_arguments_are_argparse_errors(monkeypatch, capsys, args, message):
-    status, err = before_any_part(monkeypatch, capsys, *args)
+    status, _, err = tool_main("gpu_check", args, monkeypatch, capsys)  # before any part
     assert status == 2 and message in err
     assert err.startswith("usage: gpu_check.py")
 
@@ -122,11 +111,12 @@ def test_a_damaged_part_file_is_reported_and_the_rest_kept(smoke, tmp_path):
 def test_an_unwritable_out_and_a_limit_past_its_bound_are_one_line(monkeypatch, capsys,
                                                                      tmp_path):
     (tmp_path / "file").write_text("")
-    status, err = before_any_part(monkeypatch, capsys, "--out", str(tmp_path / "file" / "sub"))
+    status, _, err = tool_main("gpu_check", ["--out", str(tmp_path / "file" / "sub")],
+                               monkeypatch, capsys)
     assert status == 2 and err == (
         f"gpu_check: --out {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file, not a "
         "folder\n")
-    status, err = before_any_part(monkeypatch, capsys, "--limit", "env=1e6")
+    status, _, err = tool_main("gpu_check", ["--limit", "env=1e6"], monkeypatch, capsys)
     assert status == 2 and "SECONDS above 0 and below 100000" in err
 
 

@@ -25,7 +25,7 @@ from mlit.inference.onnx_export import BATCHES, Deployable, module_to_export  # 
 from mlit.inference.onnx_runtime import read_onnx, session
 from mlit.train import main as train  # noqa: E402
 
-from helpers import tool  # noqa: E402
+from helpers import tool_main  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 
@@ -334,8 +334,7 @@ def test_long_names_and_a_killed_exports_leftovers(run, tmp_path, capsys):
     (["--models", "nosuch"], "--models: nosuch is not a model this benchmark knows ("),
     (["--json", "/proc/x.json"], "--json /proc/x.json: cannot write there"),
 ])
-def test_bench_infer_checks_its_flags_before_any_work(capsys, args, words):
-    assert tool("bench_infer").main(args) == 2  # in this process: no model is measured
-    out, err = capsys.readouterr()
-    assert out == "" and err.startswith("bench_infer: ") and words in err
+def test_bench_infer_checks_its_flags_before_any_work(monkeypatch, capsys, args, words):
+    status, out, err = tool_main("bench_infer", args, monkeypatch, capsys)  # no model measured
+    assert status == 2 and out == "" and err.startswith("bench_infer: ") and words in err
     assert err.count("\n") == 1
