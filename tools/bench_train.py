@@ -179,6 +179,18 @@ def distinct(variants: list[tuple], device_type: str) -> list[tuple]:
     return kept
 
 
+def vit_ratios(times: dict[str, float]) -> list[str]:
+    """Each mLiT variant's step time against the dense ViT's in the same mode (eager against
+    eager, compiled against compiled), for the variants fed on the device."""
+    lines = []
+    for mode in ("eager", "compiled"):
+        vit = times.get(f"dense ViT {mode} device")
+        lines += [f"{label}: {t / vit:.2f}x the step time of the dense ViT ({mode})"
+                  for label, t in times.items()
+                  if vit and label.startswith(mode) and label.endswith("device")]
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma list (default mlit_s,mlit_xs,mlit_xxs; "
@@ -280,10 +292,8 @@ def main(argv=None) -> None:
                 print(f"  {label:<28} {t * 1e3:>9.2f} {batch / t:>9.0f} "
                       f"{50_000 / batch * t:>9.1f}s {in_ms * 1e3:>9.2f} "
                       f"{100 * in_ms / t:>7.1f}% {first / t:>7.2f}x {peak:>9.1f}", flush=True)
-            vit = times.get("dense ViT eager device")
-            for label, t in times.items():
-                if vit and label.startswith("eager") and label.endswith("device"):
-                    print(f"  {label}: {t / vit:.2f}x the step time of the dense ViT (eager)")
+            for line in vit_ratios(times):
+                print(f"  {line}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__,
