@@ -6,9 +6,9 @@ augmented to 36x36 as in the recipes), and the epoch time that follows for 50,00
     python tools/bench_train.py --quick            # any machine: XXS, small batches
     python tools/bench_train.py --quick --models mlit_xxs,mlit_s --steps 10 --no-compile \
         --variants auto-device,vit-device           # the CPU step against its dense ViT
+    ... --quick --batch 256 --steps 3 ...           # the same at a CPU run's batch
     python tools/bench_train.py --quick --variants dense-device-compiled,vit-device-compiled
                                                     # compiled, against the compiled ViT
-    ... --quick --batch 256 --steps 3 ...           # the same at a CPU run's batch
 
 Variants per model and step (the training code is the runner's own: engine.train_step,
 optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
