@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import tool
+
 ROOT = Path(__file__).parents[1]
 HEAVY = ("torchvision", "timm", "onnx", "onnxruntime", "onnxscript", "matplotlib", "ray",
          "tensorboard", "safetensors", "scipy", "sklearn", "PIL", "networkx")
@@ -52,13 +54,8 @@ print(sorted({{m.split(".")[0] for m in sys.modules}} & set({heavy!r})))
 """
 
 
-# a tool's parts, imported by the tool that runs them
-PARTS = ("gpu_check_common", "gpu_check_parts", "gpu_check_train", "bench_infer_models",
-         "bench_infer_report")
-
-
 def test_help_a_missing_input_and_the_shipped_plans_import_none_of_the_heavy_libraries(tmp_path):
-    tools = sorted(str(p) for p in (ROOT / "tools").glob("*.py") if p.stem not in PARTS)
+    tools = [str(p) for p in tool("bench_startup").tool_scripts()]  # its parts left out
     code = PROBE.format(cases=CASES, heavy=HEAVY, tools=str(ROOT / "tools"), tool_files=tools,
                         plans=PLANS, recipes=str(ROOT / "recipes"))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # kernel_report

@@ -32,6 +32,14 @@ COMMANDS = {  # the bad input each command answers in one line
     "mlit.zoo": ["plan", "nosuch.yaml"],
     "mlit.shape": ["plan", "nosuch.yaml"],
 }
+# a tool's parts, imported by the tool that runs them: not commands of their own
+PARTS = ("gpu_check_common", "gpu_check_parts", "gpu_check_train", "bench_infer_models",
+         "bench_infer_report")
+
+
+def tool_scripts() -> list[Path]:
+    """Every tool a user runs as `python tools/NAME.py`."""
+    return [p for p in sorted((ROOT / "tools").glob("*.py")) if p.stem not in PARTS]
 
 
 def cases() -> list[tuple[str, list[str]]]:
@@ -40,10 +48,7 @@ def cases() -> list[tuple[str, list[str]]]:
     for module, bad in COMMANDS.items():
         found += [(f"{module} --help", ["-m", module, "--help"]),
                   (f"{module} {' '.join(bad)}", ["-m", module, *bad])]
-    for tool in sorted((ROOT / "tools").glob("*.py")):
-        if tool.stem.startswith(("gpu_check_", "bench_infer_")) or tool.stem in (
-                "bench_peak",):  # a tool's parts, imported by the tool itself
-            continue
+    for tool in tool_scripts():
         found += [(f"tools/{tool.name} --help", [str(tool), "--help"]),
                   (f"tools/{tool.name} --nosuch", [str(tool), "--nosuch"])]
     return found
