@@ -34,7 +34,7 @@ COMMANDS = {  # the bad input each command answers in one line
 }
 # a tool's parts, imported by the tool that runs them: not commands of their own
 PARTS = ("gpu_check_common", "gpu_check_parts", "gpu_check_train", "bench_infer_models",
-         "bench_infer_report")
+         "bench_infer_report", "bench_train_inputs")
 
 
 def tool_scripts() -> list[Path]:
