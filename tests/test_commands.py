@@ -303,10 +303,11 @@ def test_bench_train_times_each_code_path_once(device, dropped):
 def test_bench_train_sets_each_mode_against_the_vit_of_that_mode():
     times = {"eager auto device": 1.25, "eager torch dataloader": 2.0, "compiled dense device":
              1.15, "dense ViT eager device": 1.0, "dense ViT compiled device": 0.5}
-    assert tool("bench_train").vit_ratios(times) == [
+    vit_ratios = tool("bench_train").vit_ratios
+    assert vit_ratios(times) == [
         "eager auto device: 1.25x the step time of the dense ViT (eager)",
         "compiled dense device: 2.30x the step time of the dense ViT (compiled)"]
-    assert tool("bench_train").vit_ratios({"eager auto device": 1.0}) == []  # no ViT timed
+    assert vit_ratios({"eager auto device": 1.0}) == []  # no ViT timed
 
 
 def test_check_layers_without_the_dev_extra_is_one_line(capsys, monkeypatch):
