@@ -280,11 +280,12 @@ def test_numeric_flags_are_checked_for_their_range(command, args, words, capsys)
     ("bench_peak", ["--threads", "0"], "argument --threads: '0' is not an integer"),
     ("bench_startup", ["--repeat", "0"], "--repeat 0: must be at least 1"),
     ("bench_contention", ["--epochs", "0"], "--epochs 0: must be at least 1"),
+    ("bench_train", ["--variants", "auto-device,nosuch"], "--variants: unknown nosuch; choose"),
 ])
 def test_the_tools_flags_are_checked_before_any_work(name, args, words, monkeypatch, capsys):
-    status, _, err = tool_main(name, args, monkeypatch, capsys)
+    status, out, err = tool_main(name, args, monkeypatch, capsys)
     lines = err.strip().splitlines()
-    assert status == 2 and "Traceback" not in err
+    assert status == 2 and "Traceback" not in err and out == ""  # nothing before the error
     assert lines[-1].startswith(f"{name}.py: error: "), lines  # argparse's, by the tool's name
     assert words in lines[-1], lines
 

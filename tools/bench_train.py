@@ -171,19 +171,27 @@ def main(argv=None) -> None:
     if unknown := [m for m in models if m not in MAE_BATCH]:  # mlit_tiny, _micro: 12x12 images
         parser.error(f"--models {','.join(unknown)}: this benchmark times the CIFAR-sized "
                      f"models ({', '.join(MAE_BATCH)})")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fast_impl = "triton" if device.type == "cuda" else "dense"
+    variants = all_variants(fast_impl)
+    if args.variants:  # checked before any work, so that a typo is the run's only line
+        keys = args.variants.split(",")
+        unknown = sorted(set(keys) - {v[0] for v in variants})
+        if unknown:
+            parser.error(f"--variants: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(v[0] for v in variants)}")
+        variants = [v for v in variants if v[0] in keys]
     from mlit.data.catalogue import INFO
     from mlit.training.engine import select_precision
 
     assert (MEAN, STD) == (INFO["cifar100"].mean, INFO["cifar100"].std)
     records: list[dict] = []
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = args.dtype if device.type == "cuda" else "fp32"
     precision = select_precision(device, amp)
     steps = args.steps or (3 if args.quick else 20)
     warmup = 1 if args.quick else args.warmup
     workers = min(args.workers, 2) if args.quick else args.workers
-    fast_impl = "triton" if device.type == "cuda" else "dense"
     torch._dynamo.config.recompile_limit = 64
 
     rng = np.random.default_rng(0)
@@ -194,14 +202,6 @@ def main(argv=None) -> None:
     print(f"device: {name}; torch {torch.__version__}; dtype {precision.dtype}; "
           f"images 32x32 uint8 -> 36x36 (3x3 patches, 145 tokens; MAE encoder 37); the "
           f"variants in turn, {rounds} round(s) of {steps} steps after {warmup}, the median round")
-    variants = all_variants(fast_impl)
-    if args.variants:
-        keys = args.variants.split(",")
-        unknown = sorted(set(keys) - {v[0] for v in variants})
-        if unknown:
-            parser.error(f"--variants: unknown {', '.join(unknown)}; choose from "
-                         f"{', '.join(v[0] for v in variants)}")
-        variants = [v for v in variants if v[0] in keys]
     if args.no_compile:
         variants = [v for v in variants if not v[3]]
     variants = [v[1:] for v in distinct(variants, device.type)]
