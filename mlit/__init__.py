@@ -3,9 +3,10 @@
 Importing mlit imports none of its layers: the public names below (mlit.create_model,
 mlit.MLiT, ...) import the model when first used, so `import mlit.model` (or mlit.kernels,
 mlit.errors) brings that layer and those under it alone, as the layers promise
-(docs/architecture.md). What the package itself does at import: the process's OpenMP and
-torch log settings for a command, before torch loads, and a finder that registers mLiT in
-timm when timm is imported (docs/timm.md).
+(docs/architecture.md). What the package itself does at import: a command's process
+settings (OpenMP's idle spin and torch's log level, before torch loads; malloc keeping the
+memory it frees), and a finder that registers mLiT in timm when timm is imported
+(docs/timm.md).
 """
 
 import importlib
@@ -24,6 +25,34 @@ SPIN_ROUNDS = "4000"
 if sys.argv[:1] == ["-m"] and "torch" not in sys.modules and \
         "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", SPIN_ROUNDS)
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep the memory a process frees for its next allocations instead of
+    returning it to the system; whether it could (Linux with glibc).
+
+    glibc maps every block over 32 MiB afresh and unmaps it when freed, so a training step
+    whose activations are that large (a CPU batch of a thousand images) faults in gigabytes
+    of zeroed pages every step: mLiT-XXS's MAE step at batch 1,280 took 3.2 million page
+    faults and 8.5 s of system time a step, 15.4 s in all, and 10.2 s with its memory kept
+    (docs/benchmarks.md, tools/bench_memory.py). The price is a higher peak of resident
+    memory (17% there), held until the process ends."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no C library to ask, or one without mallopt
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+# A command keeps its freed memory (keep_freed_memory); a user's own malloc settings, and a
+# program that imports mlit as a library, are left alone.
+MALLOC_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
+if sys.argv[:1] == ["-m"] and sys.platform == "linux" and \
+        not any(name in os.environ for name in MALLOC_SETTINGS):
+    keep_freed_memory()
+
 
 # The launcher (python -m mlit.train --nproc-per-node ...) says in one line what became of a
 # rendezvous; torch's C++ log would add a warning and a stack for every connection attempt.

@@ -281,6 +281,8 @@ def test_numeric_flags_are_checked_for_their_range(command, args, words, capsys)
     ("bench_startup", ["--repeat", "0"], "--repeat 0: must be at least 1"),
     ("bench_contention", ["--epochs", "0"], "--epochs 0: must be at least 1"),
     ("bench_train", ["--variants", "auto-device,nosuch"], "--variants: unknown nosuch; choose"),
+    ("bench_memory", ["--batch", "0"], "argument --batch: '0' is not an integer of at least 1"),
+    ("bench_memory", ["--model", "mlit_tiny"], "argument --model: invalid choice: 'mlit_tiny'"),
 ])
 def test_the_tools_flags_are_checked_before_any_work(name, args, words, monkeypatch, capsys):
     status, out, err = tool_main(name, args, monkeypatch, capsys)

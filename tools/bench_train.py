@@ -11,7 +11,8 @@ augmented to 36x36 as in the recipes), and the epoch time that follows for 50,00
                                                     # compiled, against the compiled ViT
 
 Variants per model and step (the training code is the runner's own: engine.train_step,
-optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader):
+optim.build_optimizer, data.device.DeviceLoader, the torchvision DataLoader; and so is the
+process's memory, kept for reuse when freed: mlit.keep_freed_memory):
   input   device (uint8 on the device, batched augmentation) | dataloader (torchvision, workers)
   model   eager | compiled (torch.compile);  moe_impl auto (the default) | torch |
           triton (dense on CPU); a variant that runs another's code is timed once (on CUDA
@@ -181,6 +182,7 @@ def main(argv=None) -> None:
             parser.error(f"--variants: unknown {', '.join(unknown)}; choose from "
                          f"{', '.join(v[0] for v in variants)}")
         variants = [v for v in variants if v[0] in keys]
+    mlit.keep_freed_memory()  # as a command does (docs/benchmarks.md)
     from mlit.data.catalogue import INFO
     from mlit.training.engine import select_precision
 
