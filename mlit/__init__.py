@@ -32,10 +32,10 @@ def keep_freed_memory() -> bool:
 
     glibc maps every block over 32 MiB afresh and unmaps it when freed, so a training step
     whose activations are that large (a CPU batch of a thousand images) faults in gigabytes
-    of zeroed pages every step: mLiT-XXS's MAE step at batch 1,280 took 3.2 million page
-    faults and 8.5 s of system time a step, 15.4 s in all, and 10.2 s with its memory kept
+    of zeroed pages every step: mLiT-XXS's MAE step at batch 1,280 took 3.3 million page
+    faults and 10.2 s of system time a step, 19.5 s in all, and 11.8 s with its memory kept
     (docs/benchmarks.md, tools/bench_memory.py). The price is a higher peak of resident
-    memory (17% there), held until the process ends."""
+    memory (15% there), held until the process ends."""
     import ctypes
 
     try:
@@ -46,8 +46,9 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-# A command keeps its freed memory (keep_freed_memory); a user's own malloc settings, and a
-# program that imports mlit as a library, are left alone.
+# A command keeps its freed memory (keep_freed_memory); a user's own malloc settings (and a
+# preloaded library, which may be an allocator of their choice), and a program that imports
+# mlit as a library, are left alone.
 MALLOC_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
 if sys.argv[:1] == ["-m"] and sys.platform == "linux" and \
         not any(name in os.environ for name in MALLOC_SETTINGS):
