@@ -26,6 +26,7 @@ if sys.argv[:1] == ["-m"] and "torch" not in sys.modules and \
         "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", SPIN_ROUNDS)
 
+
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep the memory a process frees for its next allocations instead of
     returning it to the system; whether it could (Linux with glibc).
