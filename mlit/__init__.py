@@ -14,15 +14,19 @@ import importlib.util
 import os
 import sys
 
-# A command (python -m mlit.train|zoo|shape|..., and the processes torchrun starts for one)
-# lets OpenMP's idle threads spin briefly, then sleep: with OpenMP's default (GNU OpenMP spins
-# for 300,000 rounds) a run beside another torch process on the same cores took 20x its time
-# alone, its threads spinning against the other's; a short spin keeps it under 2x and costs
-# a few percent alone (docs/benchmarks.md, tools/bench_contention.py). Set before torch loads
-# OpenMP, so here; a user's own setting, and a program that imports mlit as a library, are
-# left alone.
+# Whether this process is a command (python -m mlit.train|zoo|shape|..., and the processes
+# torchrun starts for one): python -m sets sys.argv[0] to "-m" while it finds the module, which
+# is when mlit is imported; a program that imports mlit as a library has its own argv[0].
+COMMAND = sys.argv[:1] == ["-m"]
+
+# A command lets OpenMP's idle threads spin briefly, then sleep: with OpenMP's default (GNU
+# OpenMP spins for 300,000 rounds) a run beside another torch process on the same cores took
+# 20x its time alone, its threads spinning against the other's; a short spin keeps it under 2x
+# and costs a few percent alone (docs/benchmarks.md, tools/bench_contention.py). Set before
+# torch loads OpenMP, so here; a user's own setting, and a program that imports mlit as a
+# library, are left alone.
 SPIN_ROUNDS = "4000"
-if sys.argv[:1] == ["-m"] and "torch" not in sys.modules and \
+if COMMAND and "torch" not in sys.modules and \
         "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", SPIN_ROUNDS)
 
@@ -51,7 +55,7 @@ def keep_freed_memory() -> bool:
 # preloaded library, which may be an allocator of their choice), and a program that imports
 # mlit as a library, are left alone.
 MALLOC_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
-if sys.argv[:1] == ["-m"] and sys.platform == "linux" and \
+if COMMAND and sys.platform == "linux" and \
         not any(name in os.environ for name in MALLOC_SETTINGS):
     keep_freed_memory()
 
@@ -60,7 +64,7 @@ if sys.argv[:1] == ["-m"] and sys.platform == "linux" and \
 # rendezvous; torch's C++ log would add a warning and a stack for every connection attempt.
 # Off in the launcher's own process only, before torch reads it: the launcher gives the
 # workers the user's setting back (mlit/training/launcher.py, QUIETED).
-if sys.argv[:1] == ["-m"] and "torch" not in sys.modules and \
+if COMMAND and "torch" not in sys.modules and \
         "TORCH_CPP_LOG_LEVEL" not in os.environ and \
         any(a.startswith(("--nproc-per-node", "--nnodes", "--rdzv")) for a in sys.argv):
     os.environ["TORCH_CPP_LOG_LEVEL"] = os.environ["MLIT_QUIETED_CPP_LOG"] = "FATAL"

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import mlit
+
 # a fresh process: sys.argv[0] is "-m" while python -m finds a command (mlit imports then)
 PROBE = """
 import ctypes, os, sys
@@ -27,8 +29,7 @@ libc.free(block)
 print(os.environ.get("GOMP_SPINCOUNT"), (held - resident()) >> 20)
 """
 CLEAN = {k: v for k, v in os.environ.items()
-         if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "GLIBC_TUNABLES", "MALLOC_MMAP_MAX_",
-                      "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")}
+         if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", *mlit.MALLOC_SETTINGS)}
 
 
 def probe(argv0: str, **env) -> tuple[str, int]:

@@ -16,32 +16,29 @@ again. Linux with glibc only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
 import sys
 import time
 
+from mlit.cli import number
+
 MODELS = ("mlit_s", "mlit_xs", "mlit_xxs")  # the CIFAR-sized models, 36x36 inputs
 SETTINGS = ("returned", "kept")
 
 
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least 1")
-    return int(text)
-
-
 def child(model_name: str, ffn: str, step: str, batch: int, steps: int, setting: str) -> dict:
-    """Time `steps` training steps after one untimed, in this process, as the runner steps."""
+    """Time `steps` training steps after one untimed, in this process, as the runner steps
+    (bench_train's Stepper, on one batch of random images)."""
     import mlit
 
     kept = mlit.keep_freed_memory() if setting == "kept" else False
     import torch
+    from bench_train import Stepper
 
-    from mlit.recipe.schema import Stage
-    from mlit.training.engine import select_precision, train_step
-    from mlit.training.optim import build_optimizer
+    from mlit.training.engine import select_precision
 
     torch.manual_seed(0)
     extra = {"ffn": "mlp", "moe_impl": "torch"} if ffn == "mlp" else {}
@@ -49,16 +46,12 @@ def child(model_name: str, ffn: str, step: str, batch: int, steps: int, setting:
         model = mlit.create_mae(model_name, **extra)
     else:
         model = mlit.create_model(model_name, num_classes=100, **extra)
-    model.train()
-    precision = select_precision(torch.device("cpu"), "fp32")
-    optimizer = build_optimizer(model, Stage(epochs=1, batch_size=batch, base_lr=1e-4))
-    scaler = precision.scaler()
-    images = torch.randn(batch, 3, 36, 36)
-    labels = torch.randint(0, 100, (batch,))
-    train_step(model, images, labels, optimizer, scaler, precision)
+    batch_pair = torch.randn(batch, 3, 36, 36), torch.randint(0, 100, (batch,))
+    stepper = Stepper(model.train(), itertools.repeat(batch_pair),
+                      select_precision(torch.device("cpu"), "fp32"))
+    stepper.run(1)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    for _ in range(steps):
-        train_step(model, images, labels, optimizer, scaler, precision)
+    stepper.run(steps)
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     return {"kept": kept, "ms": seconds / steps * 1e3,
             "faults": (after.ru_minflt - before.ru_minflt) / steps,
@@ -70,8 +63,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mlit_xxs", choices=MODELS)
     parser.add_argument("--step", default="mae", choices=["mae", "finetune"])
-    parser.add_argument("--batch", type=positive, default=1280, help="images a step")
-    parser.add_argument("--steps", type=positive, default=2, help="timed steps, after one")
+    parser.add_argument("--batch", type=number(int, 1), default=1280, help="images a step")
+    parser.add_argument("--steps", type=number(int, 1), default=2, help="timed steps, after one")
     parser.add_argument("--child", nargs=2, metavar=("FFN", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
