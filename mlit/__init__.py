@@ -37,10 +37,10 @@ def keep_freed_memory() -> bool:
 
     glibc maps every block over 32 MiB afresh and unmaps it when freed, so a training step
     whose activations are that large (a CPU batch of a thousand images) faults in gigabytes
-    of zeroed pages every step: mLiT-XXS's MAE step at batch 1,280 took 3.3 million page
-    faults and 10.2 s of system time a step, 19.5 s in all, and 11.8 s with its memory kept
-    (docs/benchmarks.md, tools/bench_memory.py). The price is a higher peak of resident
-    memory (15% there), held until the process ends."""
+    of zeroed pages every step: mLiT-XXS's MAE step at batch 1,280 took 3.1-3.3 million page
+    faults and 10-11 s of system time a step, 17.8-19.5 s in all, and 11.8 s with its memory
+    kept (docs/benchmarks.md, tools/bench_memory.py). The price is a higher peak of resident
+    memory (15-19% there), held until the process ends."""
     import ctypes
 
     try:
@@ -48,7 +48,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # no C library to ask, or one without mallopt
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    # -1 turns trimming off (mallopt(3)); any threshold, even the largest int's 2 GiB, still
+    # hands back a free top of the heap that large, which a step at a paper's batch can free
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
 
 
 # A command keeps its freed memory (keep_freed_memory); a user's own malloc settings (and a

@@ -29,9 +29,10 @@ MODELS = ("mlit_s", "mlit_xs", "mlit_xxs")  # the CIFAR-sized models, 36x36 inpu
 SETTINGS = ("returned", "kept")
 
 
-def child(model_name: str, ffn: str, step: str, batch: int, steps: int, setting: str) -> dict:
-    """Time `steps` training steps after one untimed, in this process, as the runner steps
-    (bench_train's Stepper, on one batch of random images)."""
+def child(model_name: str, ffn: str, step: str, batch: int, warmup: int, steps: int,
+          setting: str) -> dict:
+    """Time `steps` training steps after `warmup` untimed ones, in this process, as the runner
+    steps (bench_train's Stepper, on one batch of random images)."""
     import mlit
 
     kept = mlit.keep_freed_memory() if setting == "kept" else False
@@ -49,7 +50,7 @@ def child(model_name: str, ffn: str, step: str, batch: int, steps: int, setting:
     batch_pair = torch.randn(batch, 3, 36, 36), torch.randint(0, 100, (batch,))
     stepper = Stepper(model.train(), itertools.repeat(batch_pair),
                       select_precision(torch.device("cpu"), "fp32"))
-    stepper.run(1)
+    stepper.run(warmup)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     stepper.run(steps)
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
@@ -64,12 +65,16 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="mlit_xxs", choices=MODELS)
     parser.add_argument("--step", default="mae", choices=["mae", "finetune"])
     parser.add_argument("--batch", type=number(int, 1), default=1280, help="images a step")
-    parser.add_argument("--steps", type=number(int, 1), default=2, help="timed steps, after one")
+    # the heap grows for a few steps before a step fits the memory kept from the last (XXS's
+    # MAE step at 1,280: 2.1 million, 15,000 and 330,000 page faults, then none)
+    parser.add_argument("--warmup", type=number(int, 1), default=3, help="untimed steps first")
+    parser.add_argument("--steps", type=number(int, 1), default=2, help="timed steps")
     parser.add_argument("--child", nargs=2, metavar=("FFN", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         ffn, setting = args.child
-        print(json.dumps(child(args.model, ffn, args.step, args.batch, args.steps, setting)))
+        print(json.dumps(child(args.model, ffn, args.step, args.batch, args.warmup, args.steps,
+                               setting)))
         return 0
     if not sys.platform.startswith("linux"):
         parser.error("the setting it measures is glibc's (Linux)")
@@ -78,7 +83,8 @@ def main(argv=None) -> int:
         for setting in SETTINGS:
             done = subprocess.run(
                 [sys.executable, __file__, "--model", args.model, "--step", args.step,
-                 "--batch", str(args.batch), "--steps", str(args.steps),
+                 "--batch", str(args.batch), "--warmup", str(args.warmup),
+                 "--steps", str(args.steps),
                  "--child", ffn, setting], capture_output=True, text=True)
             if done.returncode:
                 print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
@@ -87,7 +93,7 @@ def main(argv=None) -> int:
     if not rows["mLiT", "kept"]["kept"]:
         print("this C library has no mallopt: the two settings are the same", file=sys.stderr)
     print(f"CPU, fp32, {args.model} {args.step} step, batch {args.batch}, 36x36 images; "
-          f"{args.steps} timed steps after one, each row a process of its own")
+          f"{args.steps} timed steps after {args.warmup}, each row a process of its own")
     print(f"  {'model':<10} {'memory':<9} {'ms/step':>9} {'faults/step':>12} "
           f"{'sys ms/step':>12} {'peak MiB':>9}")
     for (label, setting), r in rows.items():
