@@ -19,6 +19,7 @@ process's memory, kept for reuse when freed: mlit.keep_freed_memory):
           auto is triton)
   ref     a dense ViT of the same depth, width and parameter count (model.ffn=mlp)
   optim   the runner's fused AdamW | its per-tensor loop (auto-device-loop: torch's CPU default)
+  dropout the model's (its CPU mask drawn fast) | torch's nn.Dropout (-torchdrop variants)
 "input ms" is the time to produce one batch alone; "input %" its share of a step. The variants
 take turns (--rounds, 3 with --quick) and each reports its median round, so that a busy moment
 of the machine does not fall on one variant alone.
@@ -97,22 +98,35 @@ class Stepper:
 
 def all_variants(fast_impl: str) -> list[tuple]:
     """Every variant the benchmark knows; fast_impl: triton on CUDA, dense on the CPU."""
-    return [  # (key, label, input, compiled, moe_impl, ffn, optimizer loop)
-        ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe",
-         False),
-        ("auto-device", "eager auto device", "device", False, "auto", "moe", False),  # default
+    # (key, label, input, compiled, moe_impl, ffn, the part left to torch's own default)
+    return [
+        ("torch-dataloader", "eager torch dataloader", "dataloader", False, "torch", "moe", ""),
+        ("auto-device", "eager auto device", "device", False, "auto", "moe", ""),  # default
         ("auto-device-loop", "eager auto device, AdamW loop", "device", False, "auto", "moe",
-         True),
-        ("torch-device", "eager torch device", "device", False, "torch", "moe", False),
-        ("fast-device", f"eager {fast_impl} device", "device", False, fast_impl, "moe", False),
+         "optimizer"),
+        ("auto-device-torchdrop", "eager auto device, nn.Dropout", "device", False, "auto",
+         "moe", "dropout"),
+        ("torch-device", "eager torch device", "device", False, "torch", "moe", ""),
+        ("fast-device", f"eager {fast_impl} device", "device", False, fast_impl, "moe", ""),
         ("fast-device-compiled", f"compiled {fast_impl} device", "device", True, fast_impl,
-         "moe", False),
-        ("dense-device-compiled", "compiled dense device", "device", True, "dense", "moe",
-         False),
-        ("vit-device", "dense ViT eager device", "device", False, "torch", "mlp", False),
-        ("vit-device-compiled", "dense ViT compiled device", "device", True, "torch", "mlp",
-         False),
+         "moe", ""),
+        ("dense-device-compiled", "compiled dense device", "device", True, "dense", "moe", ""),
+        ("vit-device", "dense ViT eager device", "device", False, "torch", "mlp", ""),
+        ("vit-device-torchdrop", "dense ViT eager device, nn.Dropout", "device", False, "torch",
+         "mlp", "dropout"),
+        ("vit-device-compiled", "dense ViT compiled device", "device", True, "torch", "mlp", ""),
     ]
+
+
+def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with torch's nn.Dropout (a bernoulli_ mask) in place of mlit's Dropout."""
+    from mlit.model.dropout import Dropout
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return model
 
 
 def distinct(variants: list[tuple], device_type: str) -> list[tuple]:
@@ -134,13 +148,16 @@ def distinct(variants: list[tuple], device_type: str) -> list[tuple]:
 
 def vit_ratios(times: dict[str, float]) -> list[str]:
     """Each mLiT variant's step time against the dense ViT's in the same mode (eager against
-    eager, compiled against compiled), for the variants fed on the device."""
+    eager, compiled against compiled) and with the same dropout, for the variants fed on the
+    device."""
     lines = []
-    for mode in ("eager", "compiled"):
-        vit = times.get(f"dense ViT {mode} device")
-        lines += [f"{label}: {t / vit:.2f}x the step time of the dense ViT ({mode})"
-                  for label, t in times.items()
-                  if vit and label.startswith(mode) and label.endswith("device")]
+    for label, t in times.items():
+        base, comma, part = label.partition(",")  # "eager auto device", ",", " nn.Dropout"
+        mode = base.split()[0]
+        vit = times.get(f"dense ViT {mode} device{comma}{part}")
+        if vit and base.endswith("device") and not label.startswith("dense ViT"):
+            lines.append(f"{label}: {t / vit:.2f}x the step time of the dense ViT ({mode}"
+                         f"{comma}{part})")
     return lines
 
 
@@ -213,20 +230,23 @@ def main(argv=None) -> None:
             batch = args.batch or (32 if args.quick else batch)
             aug = MAE_AUG if step == "mae" else FT_AUG
             print(f"\n{model_name} {step} step, batch {batch}")
-            print(f"  {'variant':<28} {'ms/step':>9} {'img/s':>9} {'epoch 50k':>10} "
+            print(f"  {'variant':<36} {'ms/step':>9} {'img/s':>9} {'epoch 50k':>10} "
                   f"{'input ms':>9} {'input %':>8} {'vs first':>8} {'peak MiB':>9}")
             inputs, steppers = {}, {}
-            for label, input_kind, compiled, impl, ffn, loop in variants:
+            for label, input_kind, compiled, impl, ffn, stock in variants:
                 torch.manual_seed(0)
                 factory = mlit.create_mae if step == "mae" else mlit.create_model
                 model = factory(model_name, moe_impl=impl, ffn=ffn).to(device).train()
+                if stock == "dropout":
+                    model = with_torch_dropout(model)
                 if compiled:
                     model = torch.compile(model)
                 if input_kind not in inputs:
                     inputs[input_kind] = make_input(input_kind, images, labels, batch, aug,
                                                     device, workers)
                     inputs[input_kind + "_ms"] = time_input(inputs[input_kind], device, steps)
-                steppers[label] = Stepper(model, inputs[input_kind], precision, loop)
+                steppers[label] = Stepper(model, inputs[input_kind], precision,
+                                          optimizer_loop=stock == "optimizer")
                 steppers[label].run(warmup)
             rounds_of = {label: [] for label in steppers}
             for _ in range(rounds):
@@ -243,7 +263,7 @@ def main(argv=None) -> None:
                                 "epoch_50k_s": 50_000 / batch * t, "input_ms": in_ms * 1e3,
                                 "input_pct": 100 * in_ms / t,
                                 "peak_mib": None if peak != peak else peak})
-                print(f"  {label:<28} {t * 1e3:>9.2f} {batch / t:>9.0f} "
+                print(f"  {label:<36} {t * 1e3:>9.2f} {batch / t:>9.0f} "
                       f"{50_000 / batch * t:>9.1f}s {in_ms * 1e3:>9.2f} "
                       f"{100 * in_ms / t:>7.1f}% {first / t:>7.2f}x {peak:>9.1f}", flush=True)
             for line in vit_ratios(times):

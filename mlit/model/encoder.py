@@ -13,6 +13,7 @@ from mlit.model import closed_form
 from mlit.model.attention import GroupedQueryAttention
 from mlit.model.capture import capturing_graph
 from mlit.model.config import MLiTConfig
+from mlit.model.dropout import Dropout
 from mlit.model.moe import dense_mlp_width, moe_layer
 
 
@@ -80,7 +81,7 @@ class DenseMLP(nn.Module):
         super().__init__()
         width = dense_mlp_width(dim, hidden, num_experts, cfg)
         self.net = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, dim),
-                                 nn.Dropout(dropout))
+                                 Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net(x), x.new_zeros((), dtype=torch.float32)

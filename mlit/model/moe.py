@@ -19,6 +19,7 @@ from mlit.kernels.arrangements import ARRANGEMENTS, SHARED
 from mlit.model.capture import is_fx_tracing
 from mlit.model.config import MLiTConfig
 from mlit.model.dispatch import expert_mixture
+from mlit.model.dropout import Dropout
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -215,8 +216,8 @@ class MoELayer(nn.Module):
         self.gate = NoisyTopKGate(dim, num_experts, top_k, **gate_kwargs)
         self.experts = SharedSwiGLUExperts(dim, hidden, num_experts, impl, shared, top_k)
         # Dropout of each expert's output, applied once to the gated sum (the same in
-        # expectation; one mask instead of k).
-        self.dropout = nn.Dropout(dropout)
+        # expectation; one mask instead of k), its CPU mask drawn fast (mlit/model/dropout.py)
+        self.dropout = Dropout(dropout)
         self.register_buffer("last_load", torch.zeros(num_experts, dtype=torch.long),
                              persistent=False)
 
