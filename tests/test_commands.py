@@ -292,11 +292,12 @@ def test_the_tools_flags_are_checked_before_any_work(name, args, words, monkeypa
     assert words in lines[-1], lines
 
 
-@pytest.mark.parametrize("device, dropped", [("cpu", {"dense-device-compiled"}),
-                                             ("cuda", {"fast-device"})])
+@pytest.mark.parametrize("device, dropped", [
+    ("cpu", {"dense-device-compiled"}),
+    ("cuda", {"fast-device", "auto-device-torchdrop", "vit-device-torchdrop"})])
 def test_bench_train_times_each_code_path_once(device, dropped):
-    """On CUDA auto is the Triton kernel (fast-device); on the CPU fast is dense, and the two
-    compiled dense variants are one."""
+    """On CUDA auto is the Triton kernel (fast-device), and mlit's Dropout is torch's; on the
+    CPU fast is dense, and the two compiled dense variants are one."""
     bench = tool("bench_train")
     every = bench.all_variants("triton" if device == "cuda" else "dense")
     kept = {v[0] for v in bench.distinct(every, device)}

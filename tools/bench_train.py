@@ -133,13 +133,16 @@ def distinct(variants: list[tuple], device_type: str) -> list[tuple]:
     """The variants without those that run another's code (the first kept): on the CPU
     fast-device-compiled and dense-device-compiled are both dense; on CUDA auto-device is the
     Triton kernel, as fast-device is (unless the kernel fails its first-dispatch check, which
-    the run then prints: docs/benchmarks.md)."""
+    the run then prints: docs/benchmarks.md), and mlit's Dropout is nn.Dropout's F.dropout
+    (its own mask is the CPU's alone), so the -torchdrop variants are the plain ones."""
     seen, kept = set(), []
     for v in variants:
-        impl = v[4]
+        impl, ffn, stock = v[4], v[5], v[6]
         if impl == "auto" and device_type == "cuda":
             impl = "triton"
-        same = (v[2], v[3], impl, *v[5:])
+        if stock == "dropout" and device_type != "cpu":
+            stock = ""
+        same = (v[2], v[3], impl, ffn, stock)
         if same not in seen:
             seen.add(same)
             kept.append(v)
