@@ -37,18 +37,14 @@ def child(model_name: str, ffn: str, step: str, batch: int, warmup: int, steps: 
 
     kept = mlit.keep_freed_memory() if setting == "kept" else False
     import torch
-    from bench_train import Stepper
+    from bench_train import Stepper, training_model
 
     from mlit.training.engine import select_precision
 
     torch.manual_seed(0)
-    extra = {"ffn": "mlp", "moe_impl": "torch"} if ffn == "mlp" else {}
-    if step == "mae":
-        model = mlit.create_mae(model_name, **extra)
-    else:
-        model = mlit.create_model(model_name, num_classes=100, **extra)
+    model = training_model(model_name, step, "auto" if ffn == "moe" else "torch", ffn)
     batch_pair = torch.randn(batch, 3, 36, 36), torch.randint(0, 100, (batch,))
-    stepper = Stepper(model.train(), itertools.repeat(batch_pair),
+    stepper = Stepper(model, itertools.repeat(batch_pair),
                       select_precision(torch.device("cpu"), "fp32"))
     stepper.run(warmup)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -118,6 +118,12 @@ def all_variants(fast_impl: str) -> list[tuple]:
     ]
 
 
+def training_model(model_name: str, step: str, moe_impl: str, ffn: str) -> torch.nn.Module:
+    """The model a step trains, in training mode: the MAE for "mae", else the classifier."""
+    factory = mlit.create_mae if step == "mae" else mlit.create_model
+    return factory(model_name, moe_impl=moe_impl, ffn=ffn).train()
+
+
 def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
     """The model with torch's nn.Dropout (a bernoulli_ mask) in place of mlit's Dropout."""
     from mlit.model.dropout import Dropout
@@ -238,8 +244,7 @@ def main(argv=None) -> None:
             inputs, steppers = {}, {}
             for label, input_kind, compiled, impl, ffn, stock in variants:
                 torch.manual_seed(0)
-                factory = mlit.create_mae if step == "mae" else mlit.create_model
-                model = factory(model_name, moe_impl=impl, ffn=ffn).to(device).train()
+                model = training_model(model_name, step, impl, ffn).to(device)
                 if stock == "dropout":
                     model = with_torch_dropout(model)
                 if compiled:
