@@ -318,6 +318,58 @@ def test_bench_train_sets_each_mode_against_the_vit_of_that_mode():
     assert vit_ratios({"eager auto device": 1.0}) == []  # no ViT timed
 
 
+def test_bench_contention_sets_the_policy_of_the_run_alone(monkeypatch, tmp_path):
+    """The other process keeps OpenMP's default whatever the run's policy (and whatever the
+    caller's environment says), the run gets the policy's; --model's figures are read from
+    bench_train's --json rows."""
+    bench = tool("bench_contention")
+    envs = {}
+
+    class Process:
+        def __init__(self, argv, env, **kwargs):
+            envs["other"] = env
+
+        def kill(self):
+            pass
+
+        def wait(self):
+            pass
+
+    def run(argv, env, **kwargs):
+        envs["run"] = env
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(bench.subprocess, "Popen", Process)
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    bench.timed_run(["python"], True, 2, bench.policy_env("mlit", mlit.SPIN_ROUNDS))
+    assert "GOMP_SPINCOUNT" not in envs["other"] and "OMP_WAIT_POLICY" not in envs["other"]
+    assert envs["run"]["GOMP_SPINCOUNT"] == mlit.SPIN_ROUNDS
+    assert "OMP_WAIT_POLICY" not in envs["run"]
+    bench.timed_run(["python"], False, 2, bench.policy_env("default", mlit.SPIN_ROUNDS))
+    assert "GOMP_SPINCOUNT" not in envs["run"]
+
+    argv = bench.step_argv("mlit_s", tmp_path / "steps.json")
+    assert argv[argv.index("--models") + 1] == "mlit_s"
+    assert argv[argv.index("--json") + 1] == str(tmp_path / "steps.json")
+    (tmp_path / "steps.json").write_text(json.dumps({"device": "CPU", "rows": [
+        {"model": "mlit_s", "step": "mae", "ms_per_step": 370.5},
+        {"model": "mlit_s", "step": "finetune", "ms_per_step": 817.25}]}))
+    assert bench.step_times(tmp_path / "steps.json") == {"mae": 370.5, "finetune": 817.25}
+
+
+def test_bench_train_says_how_idle_openmp_threads_wait(monkeypatch):
+    policy = tool("bench_train").openmp_idle_policy
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert policy().startswith("OpenMP's default")
+    assert f"GOMP_SPINCOUNT={mlit.SPIN_ROUNDS}" in policy()  # what the commands set instead
+    monkeypatch.setenv("GOMP_SPINCOUNT", "8000")
+    assert policy() == "GOMP_SPINCOUNT=8000"
+
+
 def test_check_layers_without_the_dev_extra_is_one_line(capsys, monkeypatch):
     import importlib.util
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -170,6 +171,16 @@ def vit_ratios(times: dict[str, float]) -> list[str]:
     return lines
 
 
+def openmp_idle_policy() -> str:
+    """How this process's idle OpenMP threads wait: a tool keeps OpenMP's default, where
+    `python -m mlit.train` spins briefly (mlit.SPIN_ROUNDS; docs/benchmarks.md), unless the
+    environment says otherwise."""
+    setting = [f"{key}={os.environ[key]}" for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+               if key in os.environ]
+    return ", ".join(setting) or "OpenMP's default (mlit's commands spin " \
+        f"{mlit.SPIN_ROUNDS} rounds: GOMP_SPINCOUNT={mlit.SPIN_ROUNDS})"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma list (default mlit_s,mlit_xs,mlit_xxs; "
@@ -230,6 +241,8 @@ def main(argv=None) -> None:
     print(f"device: {name}; torch {torch.__version__}; dtype {precision.dtype}; "
           f"images 32x32 uint8 -> 36x36 (3x3 patches, 145 tokens; MAE encoder 37); the "
           f"variants in turn, {rounds} round(s) of {steps} steps after {warmup}, the median round")
+    if device.type == "cpu":
+        print(f"{torch.get_num_threads()} threads; idle OpenMP threads: {openmp_idle_policy()}")
     if args.no_compile:
         variants = [v for v in variants if not v[3]]
     variants = [v[1:] for v in distinct(variants, device.type)]
