@@ -99,7 +99,8 @@ def timed_run(argv: list[str], beside: bool, threads: int, extra_env: dict | Non
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=2, help="of each stage (default 2)")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="of each stage of the quickstart (default 2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="of the run and of the other process (default: every core)")
     parser.add_argument("--repeat", type=int, default=2, help="runs alone (best kept)")
