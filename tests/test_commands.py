@@ -360,6 +360,25 @@ def test_bench_contention_sets_the_policy_of_the_run_alone(monkeypatch, tmp_path
     assert bench.step_times(tmp_path / "steps.json") == {"mae": 370.5, "finetune": 817.25}
 
 
+def test_bench_contention_gives_every_run_a_fresh_folder(monkeypatch, capsys):
+    """Each run trains into a folder of its own (a folder reused would resume a finished run),
+    the best of the runs alone counts, and the table says each policy's ratios."""
+    bench = tool("bench_contention")
+    outs, seconds = [], iter([8.0, 9.0, 7.0, 7.5, 6.5, 9.5, 60.0, 13.0])
+
+    def timed_run(argv, beside, threads, extra_env=None):
+        outs.append(next(a for a in argv if a.startswith("train.out=")))
+        return next(seconds)
+
+    monkeypatch.setattr(bench, "timed_run", timed_run)
+    assert bench.main(["--repeat", "3"]) == 0
+    assert len(outs) == len(set(outs)) == 8
+    out = capsys.readouterr().out
+    assert re.search(r"OpenMP's default.*quickstart s +6\.5 +60\.0 +9\.23x", out), out
+    assert re.search(r"mlit's commands .*quickstart s +7\.5 +13\.0 +1\.73x", out), out
+    assert "alone / the default's alone 1.15x (goal <= 1.05); beside / alone 1.73x" in out
+
+
 def test_bench_train_says_how_idle_openmp_threads_wait(monkeypatch):
     policy = tool("bench_train").openmp_idle_policy
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)

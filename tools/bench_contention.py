@@ -22,6 +22,7 @@ most 1.05x OpenMP's default's time alone.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -115,10 +116,11 @@ def main(argv=None) -> int:
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
     times: dict[tuple[str, bool], dict[str, float]] = {}
+    runs = itertools.count()
 
     def run(policy: str, beside: bool, tmp: Path) -> None:
         """One run of the workload under `policy`; its figures, the best of those alone."""
-        out = tmp / f"{policy}_{len(times)}_{beside}"
+        out = tmp / f"{policy}_{next(runs)}"  # a fresh run folder (or json file) each time
         env = policy_env(policy, str(args.spin))
         if args.model:
             env["OMP_NUM_THREADS"] = str(args.threads)
