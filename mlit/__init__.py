@@ -21,14 +21,16 @@ COMMAND = sys.argv[:1] == ["-m"]
 
 # A command lets OpenMP's idle threads spin briefly, then sleep: with OpenMP's default (GNU
 # OpenMP spins for 300,000 rounds) a run beside another torch process on the same cores took
-# 20x its time alone, its threads spinning against the other's; a short spin keeps it under 2x
-# and costs a few percent alone (docs/benchmarks.md, tools/bench_contention.py). Set before
-# torch loads OpenMP, so here; a user's own setting, and a program that imports mlit as a
-# library, are left alone.
+# 18-22x its time alone (the quickstart; mLiT-S's CIFAR steps 4-7x), its threads spinning
+# against the other's; a short spin keeps that at 1.7-1.9x (2.2x) and costs 3-4% alone
+# (11-14%) (docs/benchmarks.md, tools/bench_contention.py). Set before torch loads OpenMP, so
+# here; a user's own setting of either (OPENMP_SETTINGS), and a program that imports mlit as
+# a library, are left alone.
 SPIN_ROUNDS = "4000"
+OPENMP_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 if COMMAND and "torch" not in sys.modules and \
-        "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_ROUNDS)
+        not any(name in os.environ for name in OPENMP_SETTINGS):
+    os.environ["GOMP_SPINCOUNT"] = SPIN_ROUNDS
 
 
 def keep_freed_memory() -> bool:

@@ -8,8 +8,8 @@ import mlit  # its import loads no torch
 # As mlit's commands do (mlit/__init__.py): idle OpenMP threads spin briefly, then sleep, so the
 # suite beside other work (a second run, another CI job) slows down, it does not collapse.
 # Before torch loads OpenMP; a setting of the user's stays.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", mlit.SPIN_ROUNDS)
+if not any(name in os.environ for name in mlit.OPENMP_SETTINGS):
+    os.environ["GOMP_SPINCOUNT"] = mlit.SPIN_ROUNDS
 
 import torch  # noqa: E402
 

@@ -29,7 +29,7 @@ libc.free(block)
 print(os.environ.get("GOMP_SPINCOUNT"), (held - resident()) >> 20)
 """
 CLEAN = {k: v for k, v in os.environ.items()
-         if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", *mlit.MALLOC_SETTINGS)}
+         if k not in (*mlit.OPENMP_SETTINGS, *mlit.MALLOC_SETTINGS)}
 
 
 def probe(argv0: str, **env) -> tuple[str, int]:

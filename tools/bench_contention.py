@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlit import SPIN_ROUNDS
+from mlit import OPENMP_SETTINGS, SPIN_ROUNDS
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER = """
@@ -78,7 +78,7 @@ def step_times(json_path: Path) -> dict[str, float]:
 def timed_run(argv: list[str], beside: bool, threads: int, extra_env: dict | None = None
               ) -> float:
     # the other process keeps OpenMP's default, whatever the run's policy
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP_SETTINGS}
     other = subprocess.Popen([sys.executable, "-c", OTHER.format(threads=threads)], env=env) \
         if beside else None
     env = {**env, **(extra_env or {})}

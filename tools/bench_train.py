@@ -175,8 +175,7 @@ def openmp_idle_policy() -> str:
     """How this process's idle OpenMP threads wait: a tool keeps OpenMP's default, where
     `python -m mlit.train` spins briefly (mlit.SPIN_ROUNDS; docs/benchmarks.md), unless the
     environment says otherwise."""
-    setting = [f"{key}={os.environ[key]}" for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-               if key in os.environ]
+    setting = [f"{key}={os.environ[key]}" for key in mlit.OPENMP_SETTINGS if key in os.environ]
     return ", ".join(setting) or "OpenMP's default (mlit's commands spin " \
         f"{mlit.SPIN_ROUNDS} rounds: GOMP_SPINCOUNT={mlit.SPIN_ROUNDS})"
 
