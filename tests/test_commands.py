@@ -92,6 +92,8 @@ def edited_export(run: Path, tmp: Path, **metadata) -> Path:
 
 @pytest.mark.parametrize("command, args, words", [
     ("train", ["nope.yaml"], "recipe nope.yaml not found"),
+    ("train", ["recipes"], "recipe recipes is a folder, not a recipe file"),
+    ("train", ["/dev/null"], "recipe /dev/null is not a regular file"),
     ("eval", ["nope.pt"], "checkpoint nope.pt does not exist"),
     ("export", ["nope.pt", "o.safetensors"], "checkpoint nope.pt does not exist"),
     ("export", ["nope.pt", "o.onnx.txt"], "o.onnx.txt: the output must end in .safetensors"),
@@ -101,6 +103,7 @@ def edited_export(run: Path, tmp: Path, **metadata) -> Path:
     ("zoo", ["status", "nope"], "nope: no such zoo folder"),
     ("zoo", ["analyze", "nope"], "nope: no such zoo folder"),
     ("shape", ["plan", "nope.yaml"], "nope.yaml not found"),
+    ("shape", ["plan", "recipes"], "recipes is a folder, not a recipe file"),
     ("shape", ["run", "nope.yaml"], "nope.yaml not found"),
     ("shape", ["status", "nope.yaml"], "nope.yaml not found"),
     ("shape", ["fit", "nope.jsonl", "--dim", "d"], "nope.jsonl: no such results file"),
@@ -130,6 +133,14 @@ def test_output_paths_that_cannot_be_written(run, tmp_path, capsys):
          f"--zoo-dir {a_file}: is a file"),
         ("shape", ["run", "recipes/shape_sweep_digits.yaml", "--sweep-dir", str(a_file)],
          f"--sweep-dir {a_file}: is a file"),
+        ("train", ["recipes/quickstart.yaml", f"train.out={a_file}"],
+         f"train.out {a_file}: is a file, not a folder"),
+        ("train", ["recipes/quickstart.yaml", f"train.out={a_file / 'run'}"],
+         f"train.out {a_file / 'run'}: {a_file} is a file, not a folder"),
+        ("train", ["recipes/quickstart.yaml", "train.out=/proc/mlit-test/run"],
+         "train.out /proc/mlit-test/run: cannot write there (No such file or directory)"),
+        ("train", ["--nproc-per-node", "2", "recipes/quickstart.yaml", f"train.out={a_file}"],
+         f"train.out {a_file}: is a file, not a folder"),
     ]
     for command, args, words in cases:
         assert_one_line(command, args, capsys, 2, words)

@@ -309,13 +309,6 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path):
         assert case["resumed"] == {"code": 0, "stderr": []} and case["identical"]
 
 
-def test_a_run_folder_the_machine_refuses_is_one_line(tmp_path, capsys):
-    taken = tmp_path / "a_file"
-    taken.write_text("not a folder")
-    assert main(["recipes/quickstart.yaml", f"train.out={taken}", *TINY]) == 1
-    assert one_line(capsys) == f"mlit.train: File exists ({taken})"
-
-
 def test_a_stopped_runs_line_is_filled_by_each_layer_in_one_form():
     """errors.context: `where` is added inner to outer (the stage, then the zoo's model), the
     last good checkpoint comes from the innermost layer that knows it, what to do from the

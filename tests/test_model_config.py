@@ -29,9 +29,9 @@ def test_impossible_configurations_name_the_field(overrides, field):
 
 
 def test_unknown_field_and_model_are_named():
-    with pytest.raises(ValueError, match="unknown model field 'embed_dims'"):
+    with pytest.raises(ValueError, match="embed_dims: unknown model field; known fields: "):
         mlit.create_model("mlit_s", embed_dims=3)
-    with pytest.raises(ValueError, match="unknown model 'mlit_m'"):
+    with pytest.raises(ValueError, match="name='mlit_m': unknown model; choose one of mlit_s, "):
         mlit.create_model("mlit_m")
 
 

@@ -183,6 +183,6 @@ class MLiTConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown model field {unknown[0]!r}; known fields: "
+            raise ValueError(f"{unknown[0]}: unknown model field; known fields: "
                              f"{', '.join(sorted(known))}")
         return dataclasses.replace(self, **overrides)

@@ -36,7 +36,7 @@ CONFIGS: dict[str, dict] = {
 def model_config(name: str, **overrides) -> MLiTConfig:
     """The named configuration with fields replaced; unknown names and fields raise."""
     if name not in CONFIGS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(CONFIGS)}")
+        raise ValueError(f"name={name!r}: unknown model; choose one of {', '.join(CONFIGS)}")
     return MLiTConfig().replace(**{**CONFIGS[name], **overrides})
 
 

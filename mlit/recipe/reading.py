@@ -108,12 +108,14 @@ def validate(schema: type[BaseModel], tree: dict):
         raise RecipeError(format_validation_error(err)) from None
 
 
-
 def read_file_tree(path: Path, what: str, shipped: str, seen: tuple = ()) -> dict:
     """One recipe file as a settings tree. `base: other.yaml` (relative to the file) starts
     from that recipe's tree and merges this file's sections into it, key by key."""
+    if path.is_dir():
+        raise RecipeError(f"{what} {path} is a folder, not a recipe file ({shipped})")
     if not path.is_file():
-        raise RecipeError(f"{what} {path} not found ({shipped})")
+        kind = "is not a regular file" if path.exists() else "not found"
+        raise RecipeError(f"{what} {path} {kind} ({shipped})")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:

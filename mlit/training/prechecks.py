@@ -13,6 +13,7 @@ from pathlib import Path
 from mlit.data.catalogue import build_dataset
 from mlit.data.folder import checked_layout
 from mlit.files.lock import FolderLock
+from mlit.files.paths import output_folder
 from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.recipe.reading import RecipeError
 from mlit.recipe.schema import Recipe
@@ -45,10 +46,15 @@ def check_inputs(recipe: Recipe, processes: int) -> None:
             pretrained_encoder(recipe, output_dir(recipe), stage, kind)
 
 
+def writable_run_folder(recipe: Recipe) -> Path:
+    """The run folder, created, or one line naming train.out where it cannot be written."""
+    return output_folder(output_dir(recipe), "train.out")
+
+
 def check_run_folder(recipe: Recipe) -> Path:
-    """The run folder is free (no other process holds its lock) and, if it holds
-    checkpoints, they are of this recipe; nothing in it changes."""
-    out = output_dir(recipe)
+    """The run folder can be written and is free (no other process holds its lock) and, if
+    it holds checkpoints, they are of this recipe; nothing in it changes."""
+    out = writable_run_folder(recipe)
     FolderLock(out, advice=BUSY_ADVICE).acquire().release()
     check_resumable(out, recipe)
     return out

@@ -18,7 +18,7 @@ from mlit.files.tensorboard import TensorBoard
 from mlit.model.stage_kinds import STAGE_KINDS
 from mlit.recipe.schema import Recipe
 from mlit.training.engine import select_device, select_precision
-from mlit.training.prechecks import BUSY_ADVICE, check_inputs
+from mlit.training.prechecks import BUSY_ADVICE, check_inputs, writable_run_folder
 from mlit.training.run_folder import (
     newest_checkpoint,
     output_dir,
@@ -37,9 +37,13 @@ def run(recipe: Recipe) -> dict:
         distributed.agreed(lambda: check_inputs(recipe, w.size))
         out = output_dir(recipe)
         lock = FolderLock(out, advice=BUSY_ADVICE)
-        # through on_rank0: a busy folder is rank 0's one line, and the other ranks stop
-        # with it instead of waiting for a peer that is gone
-        distributed.on_rank0(lambda: lock.acquire() and None)  # nothing to broadcast
+        def hold_folder() -> None:  # writable, then locked; nothing to broadcast
+            writable_run_folder(recipe)
+            lock.acquire()
+
+        # through on_rank0: a bad or busy folder is rank 0's one line, and the other ranks
+        # stop with it instead of waiting for a peer that is gone
+        distributed.on_rank0(hold_folder)
         try:  # stopped outside a stage, a run names the newest checkpoint of any
             with context(last_good=lambda: str(newest_checkpoint(out) or NO_CHECKPOINT)):
                 distributed.on_rank0(lambda: prepare_run_folder(out, recipe))
