@@ -131,6 +131,22 @@ def numbers(cast=int, low: float | None = 1):
     return parse
 
 
+def names_from(choices, what: str = "name"):
+    """An argparse type: a comma list of names from `choices`, each once, in the order
+    given (models, dtypes, arrangements); an unknown one is argparse's one-line error."""
+    choices = [str(c) for c in choices]
+
+    def parse(text: str) -> list[str]:
+        given = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        unknown = [n for n in given if n not in choices]
+        if unknown or not given:
+            problem = f"unknown {what} {', '.join(unknown)}" if unknown else f"no {what} given"
+            raise argparse.ArgumentTypeError(f"{problem}; choose from {', '.join(choices)}")
+        return given
+    parse.__name__ = "names"
+    return parse
+
+
 def launcher_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of a command that trains many runs (the zoo, the shape sweep): which slice of
     the runs, and where they train (mlit.population)."""

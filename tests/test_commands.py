@@ -294,6 +294,16 @@ def test_numeric_flags_are_checked_for_their_range(command, args, words, capsys)
     ("bench_train", ["--variants", "auto-device,nosuch"], "--variants: unknown nosuch; choose"),
     ("bench_memory", ["--batch", "0"], "argument --batch: '0' is not an integer of at least 1"),
     ("bench_memory", ["--model", "mlit_tiny"], "argument --model: invalid choice: 'mlit_tiny'"),
+    ("bench_moe", ["--models", "mlit_s,nosuch"], "argument --models: unknown model nosuch; "
+                                                 "choose from mlit_s, mlit_xs"),
+    ("bench_moe", ["--dtypes", "fp8"], "argument --dtypes: unknown dtype fp8; choose from bf16"),
+    ("bench_moe", ["--min-time", "-1"], "argument --min-time: '-1' is not a finite number"),
+    ("kernel_report", ["--archs", "sm90"], "argument --archs: 'sm90' is not an integer"),
+    ("kernel_report", ["--shared", "w_v"], "argument --shared: unknown arrangement w_v; choose "
+                                           "from v_w2, w_w2"),
+    ("kernel_report", [], "unset TRITON_INTERPRET (it replaces the kernels by the interpreter)"),
+    ("param_count", ["--shared", "v_w2,vw2"], "argument --shared: unknown arrangement vw2"),
+    ("gpu_check", ["--only", ","], "argument --only: no part given; choose from env, kernel"),
 ])
 def test_the_tools_flags_are_checked_before_any_work(name, args, words, monkeypatch, capsys):
     status, out, err = tool_main(name, args, monkeypatch, capsys)

@@ -103,8 +103,7 @@ def test_the_commands_and_flags_the_docs_name_exist():
         assert not missing, f"python -m {prog} {sub}: the docs name {missing}, it has none"
 
 
-def test_the_tools_and_flags_the_docs_name_exist(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # kernel_report refuses it
+def test_the_tools_and_flags_the_docs_name_exist():
     tools = {}
     for (name, _), flags in named(TOOL).items():
         tools.setdefault(name, set()).update(flags)

@@ -3,7 +3,6 @@ little more, and so does a plan of every shipped sweep and zoo (it reads no imag
 libraries a command needs for its work (torchvision, timm, ONNX, matplotlib, Ray, TensorBoard,
 ...) are imported when the work starts (tools/bench_startup.py times it)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +57,7 @@ def test_help_a_missing_input_and_the_shipped_plans_import_none_of_the_heavy_lib
     tools = [str(p) for p in tool("bench_startup").tool_scripts()]  # its parts left out
     code = PROBE.format(cases=CASES, heavy=HEAVY, tools=str(ROOT / "tools"), tool_files=tools,
                         plans=PLANS, recipes=str(ROOT / "recipes"))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # kernel_report
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, env=env)
+                          text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -27,7 +27,7 @@ import torch
 from torch.utils import benchmark
 
 import mlit
-from mlit.cli import numbers
+from mlit.cli import names_from, number, numbers
 from mlit.model.dispatch import expert_mixture
 from mlit.model.mixtures import dense_expert_mixture, torch_expert_mixture
 
@@ -143,15 +143,18 @@ def bench_step(dtype, device, batch, min_run_time, records):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtypes", default=None, help="comma list of bf16, fp16, fp32")
-    parser.add_argument("--models", default="mlit_s,mlit_xs,mlit_xxs")
+    parser.add_argument("--dtypes", type=names_from(DTYPES, "dtype"),
+                        help="comma list of bf16, fp16, fp32 (default bf16,fp16 on a GPU, "
+                             "fp32 on the CPU)")
+    parser.add_argument("--models", default="mlit_s,mlit_xs,mlit_xxs",
+                        type=names_from(mlit.CONFIGS, "model"))
     parser.add_argument("--tokens", type=numbers(int, 1),
                         help="comma list of token counts N (default 448x145 and 840x37; "
                              "--quick 2048)")
     parser.add_argument("--quick", action="store_true", help="small N, short timings")
     parser.add_argument("--no-compile", action="store_true", help="skip dense+compile")
     parser.add_argument("--step", action="store_true", help="also time a training step")
-    parser.add_argument("--min-time", type=float, default=None,
+    parser.add_argument("--min-time", type=number(float, 0, low_open=True), default=None,
                         help="seconds of timing per measurement (default 0.5; --quick 0.05)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
     args = parser.parse_args(argv)
@@ -160,8 +163,8 @@ def main(argv=None) -> None:
     if not args.no_compile:  # (Dynamo takes 2 s to import: only when it compiles)
         # the compiled baseline meets every layer shape with and without grad: keep them all
         torch._dynamo.config.recompile_limit = 64
-    default = "bf16,fp16" if device.type == "cuda" else "fp32"
-    dtypes = [DTYPES[t] for t in (args.dtypes or default).split(",")]
+    default = ["bf16", "fp16"] if device.type == "cuda" else ["fp32"]
+    dtypes = [DTYPES[t] for t in args.dtypes or default]
     token_counts = args.tokens or ([2048] if args.quick else [448 * 145, 840 * 37])
     min_run_time = args.min_time or (0.05 if args.quick else 0.5)
     records: list[dict] = []
@@ -176,7 +179,7 @@ def main(argv=None) -> None:
         print(f"{'layer':<13} {'N':>6} {'d':>4} {'h':>4} {'E':>2} {'impl':<14} "
               f"{'fwd ms':>8} {'/best':>6} {'/naive':>6}  {'f+b ms':>8} {'/best':>6} "
               f"{'/naive':>6}  {'TFLOP/s':>7} {'GB/s':>7} {'peak MiB':>8}")
-        for model in args.models.split(","):
+        for model in args.models:
             for layer, d, h, E in layer_shapes(model):
                 for N in token_counts:
                     bench_layer(layer, d, h, E, N, 2, dtype, device, impls, min_run_time,

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from mlit.cli import run_command  # noqa: E402
+from mlit.cli import names_from, run_command  # noqa: E402
 from mlit.errors import Interrupted, first_line  # noqa: E402
 from mlit.files.paths import output_folder  # noqa: E402
 
@@ -61,12 +61,8 @@ def parse_args(argv):
 
 
 def part_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in LIMITS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown part {', '.join(unknown) or '(none)'}; "
-                                         f"choose from {', '.join(PARTS)}")
-    return [n for n in PARTS if n in names]
+    names = names_from(PARTS, "part")(text)
+    return [n for n in PARTS if n in names]  # in the order they run
 
 
 def part_limit(text: str) -> tuple[str, float]:

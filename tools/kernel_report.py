@@ -15,21 +15,18 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    sys.exit("kernel_report: unset TRITON_INTERPRET (it replaces the kernels by the interpreter)")
+import torch
 
-import torch  # noqa: E402
-import triton  # noqa: E402
-
-from mlit.kernels.aot import KERNELS, compile_kernel, resources  # noqa: E402
-from mlit.kernels.moe import launch_options  # noqa: E402
+from mlit.cli import names_from, numbers
+from mlit.kernels.support import TRITON_ARRANGEMENTS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def report(archs: list[int], dtypes: list[str], arrangements: list[str]) -> list[dict]:
+    from mlit.kernels.aot import KERNELS, compile_kernel, resources
+
     rows = []
     for shared in arrangements:
         for arch in archs:
@@ -43,13 +40,23 @@ def report(archs: list[int], dtypes: list[str], arrangements: list[str]) -> list
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", default="80,90", help="comma list of compute capabilities")
-    parser.add_argument("--dtypes", default="bf16,fp16,fp32")
-    parser.add_argument("--shared", default="v_w2", help="comma list of v_w2, w_w2")
+    parser.add_argument("--archs", default="80,90", type=numbers(int, 1),
+                        help="comma list of compute capabilities")
+    parser.add_argument("--dtypes", default="bf16,fp16,fp32", type=names_from(DTYPES, "dtype"))
+    parser.add_argument("--shared", default="v_w2",
+                        type=names_from(TRITON_ARRANGEMENTS, "arrangement"),
+                        help=f"comma list of {', '.join(TRITON_ARRANGEMENTS)}")
     parser.add_argument("--json", action="store_true", help="one JSON list on stdout")
     args = parser.parse_args(argv)
-    rows = report([int(a) for a in args.archs.split(",")], args.dtypes.split(","),
-                  args.shared.split(","))
+    # checked before the kernels are imported: under the interpreter triton.jit makes them
+    # the interpreter's functions, which have no build to report
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET (it replaces the kernels by the interpreter)")
+    import triton
+
+    from mlit.kernels.moe import launch_options
+
+    rows = report(args.archs, args.dtypes, args.shared)
     if args.json:
         print(json.dumps(rows))
         return

@@ -19,6 +19,8 @@ import argparse
 import json
 
 import mlit
+from mlit.cli import names_from
+from mlit.kernels.arrangements import SHARED
 from mlit.model.flops import active_params, forward_flops
 
 PAPER = {  # millions: encoder (Table 1), classifier with CIFAR-100 head (Table 7), decoder (Table 2)
@@ -44,11 +46,11 @@ def count(name: str, **overrides) -> dict[str, int]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--shared", default="v_w2",
+    parser.add_argument("--shared", default="v_w2", type=names_from(SHARED, "arrangement"),
                         help="which projections the experts share: v_w2 (the paper's), w_w2, "
                              "w_v, or a comma list")
     args = parser.parse_args(argv)
-    arrangements = args.shared.split(",")
+    arrangements = args.shared
     if len(arrangements) > 1:
         table9(arrangements, args.json)
         return
