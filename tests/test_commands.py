@@ -102,12 +102,14 @@ def edited_export(run: Path, tmp: Path, **metadata) -> Path:
     ("zoo", ["run", "nope.yaml"], "nope.yaml not found"),
     ("zoo", ["status", "nope"], "nope: no such zoo folder"),
     ("zoo", ["analyze", "nope"], "nope: no such zoo folder"),
+    ("zoo", ["status", "recipes/zoo.yaml"], "recipes/zoo.yaml: is a file, not a zoo folder"),
     ("shape", ["plan", "nope.yaml"], "nope.yaml not found"),
     ("shape", ["plan", "recipes"], "recipes is a folder, not a recipe file"),
     ("shape", ["run", "nope.yaml"], "nope.yaml not found"),
     ("shape", ["status", "nope.yaml"], "nope.yaml not found"),
     ("shape", ["fit", "nope.jsonl", "--dim", "d"], "nope.jsonl: no such results file"),
     ("shape", ["report", "nope"], "nope: no such sweep folder"),
+    ("shape", ["report", "recipes/shape_sweep.yaml"], "shape_sweep.yaml: is a file, not a sweep"),
     ("shape", ["report", "recipes"], "recipes: no sweep.yaml (not a sweep folder"),
 ])
 def test_every_command_names_a_missing_input(command, args, words, capsys):
@@ -241,6 +243,10 @@ def test_zoo_status_lists_a_damaged_model_with_its_reason(tmp_path, capsys):
     assert out[0] == f"{zoo}: 2 models; 1 damaged, 1 done"
     assert out[1].startswith("  damaged     finetuning/mae_seed0/ft: ")
     assert "result.json: record 1: epoch: Input should be a valid integer" in out[1]
+    (tmp_path / "empty").mkdir()
+    assert zoo_cli.main(["status", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out == (f"{tmp_path / 'empty'}: no models yet (python -m "
+                                       "mlit.zoo run writes them there)\n")
 
 
 @pytest.mark.parametrize("line, words", [

@@ -95,6 +95,9 @@ def main(argv=None) -> int:
 def report_command(args) -> int:
     from mlit.shape.report import read_sweep, write_report
 
+    if Path(args.sweep_dir).is_file():
+        raise BadInput(f"{args.sweep_dir}: is a file, not a sweep folder (the --sweep-dir a "
+                       "run wrote)")
     if not Path(args.sweep_dir).is_dir():
         raise BadInput(f"{args.sweep_dir}: no such sweep folder")
     read_sweep(Path(args.sweep_dir))  # a sweep folder, before anything is written

@@ -63,6 +63,8 @@ def main(argv=None) -> int:
 
 
 def zoo_folder(path: str) -> Path:
+    if Path(path).is_file():
+        raise RecipeError(f"{path}: is a file, not a zoo folder (the --zoo-dir a run wrote)")
     if not Path(path).is_dir():
         raise RecipeError(f"{path}: no such zoo folder")
     return Path(path)
@@ -91,6 +93,9 @@ def status(args) -> int:
         print(json.dumps(states, indent=2))
         return 0
     total = sum(len(v) for v in states.values())
+    if not total:
+        print(f"{zoo_dir}: no models yet (python -m mlit.zoo run writes them there)")
+        return 0
     print(f"{zoo_dir}: {total} models; " + ", ".join(
         f"{len(v)} {k}" for k, v in sorted(states.items())))
     for state in ("failed", "interrupted", "running", "damaged"):
