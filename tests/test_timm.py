@@ -71,6 +71,9 @@ def test_a_files_model_has_its_weights_classes_and_data_config(export):
                                "got (2, 3, 12, 12)"),
     ("image size", "ValueError", "takes images (B, 3, 36, 36) (in_channels=3, image_size=36); "
                                  "got (2, 3, 32, 32)"),
+    ("integer pixels", "ValueError", "takes floating-point images (pixels scaled to [0, 1], "
+                                     "then normalised with the run's mean and std); got "
+                                     "torch.uint8"),
     ("feature width", "ValueError", "forward_head takes the tokens of forward_features (B, N, "
                                     "16); got (2, 145, 7)"),
     ("negative classes", "ValueError", "num_classes=-1: must be 0 (no head) or a positive"),
@@ -87,6 +90,8 @@ def test_each_wrong_input_is_one_clear_exception(export, case, error, words):
         "channels": lambda: timm.create_model("mlit_micro", in_chans=1)(
             torch.randn(2, 3, 12, 12)),
         "image size": lambda: timm.create_model("mlit_xxs")(torch.randn(2, 3, 32, 32)),
+        "integer pixels": lambda: timm.create_model("mlit_micro")(
+            torch.zeros(2, 3, 12, 12, dtype=torch.uint8)),
         "feature width": lambda: timm.create_model("mlit_micro").forward_head(
             torch.randn(2, 145, 7)),
         "negative classes": lambda: timm.create_model("mlit_micro", num_classes=-1),

@@ -63,6 +63,9 @@ class PatchEmbedding(nn.Module):
         if imgs.dim() != 4 or tuple(imgs.shape[1:]) != (C, S, S):
             raise ValueError(f"the model takes images (B, {C}, {S}, {S}) (in_channels={C}, "
                              f"image_size={S}); got {tuple(imgs.shape)}")
+        if not imgs.is_floating_point():  # e.g. uint8 pixels straight from a decoder
+            raise ValueError(f"the model takes floating-point images (pixels scaled to [0, 1], "
+                             f"then normalised with the run's mean and std); got {imgs.dtype}")
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
