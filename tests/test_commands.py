@@ -116,6 +116,19 @@ def test_every_command_names_a_missing_input(command, args, words, capsys):
     assert_one_line(command, args, capsys, 2, words)
 
 
+@pytest.mark.parametrize("override, words", [
+    ("foo=1", "foo: mlit.eval takes data.*, train.device, train.amp and batch_size"),
+    ("batch_size=0", "batch_size=0: must be a positive integer"),
+    ("data.dataset=nosuch", "data.dataset: Input should be 'cifar100', 'cifar10'"),
+    ("data.nokey=3", "data.nokey: unknown key"),
+    ("data.mean=[0.5, 0.5, 0.5]", "data.mean and data.std: give both, or neither"),
+    ("train.amp=fp8", "train.amp: Input should be 'auto', 'fp16', 'bf16' or 'fp32'"),
+])
+def test_eval_names_a_bad_override_by_its_full_key(run, override, words, capsys):
+    assert_one_line("eval", [str(run / "finetune" / "checkpoint.pt"), override], capsys, 2,
+                    f"mlit.eval: {words}")
+
+
 # -- 1. output paths ---------------------------------------------------------------------------
 def test_output_paths_that_cannot_be_written(run, tmp_path, capsys):
     ckpt = str(run / "finetune" / "checkpoint.pt")

@@ -57,7 +57,7 @@ def settings(mf: modelfile.ModelFile, overrides: list[str]) -> tuple[Data, Train
                           "with data.dataset=... (and data.root=...)")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise RecipeError(f"batch_size={batch!r}: must be a positive integer")
-    data, train = validate(Data, data), validate(Train, train)
+    data, train = validate(Data, data, "data"), validate(Train, train, "train")
     if mf.normalization and data.mean is None:
         data = data.model_copy(update={k: tuple(v) for k, v in mf.normalization.items()})
     return data, train, batch

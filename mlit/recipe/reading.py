@@ -100,12 +100,17 @@ def format_validation_error(err: ValidationError, whole: str = "recipe") -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def validate(schema: type[BaseModel], tree: dict):
-    """The settings tree as `schema`, or RecipeError naming the first bad key."""
+def validate(schema: type[BaseModel], tree: dict, section: str = ""):
+    """The settings tree as `schema`, or RecipeError naming the first bad key; `section` is
+    where a section's tree sits in a recipe (`data`), so that the key is named in full."""
     try:
         return schema.model_validate(tree)
     except ValidationError as err:
-        raise RecipeError(format_validation_error(err)) from None
+        if not section:
+            raise RecipeError(format_validation_error(err)) from None
+        line = format_validation_error(err, whole="")  # a whole-section check names its keys
+        prefix = f"{section}." if err.errors()[0]["loc"] else ""
+        raise RecipeError(prefix + line) from None
 
 
 def read_file_tree(path: Path, what: str, shipped: str, seen: tuple = ()) -> dict:
