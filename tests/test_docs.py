@@ -37,31 +37,28 @@ def test_only_the_repositorys_own_files_are_read():
     assert not [p for p in TEXT if {".venv", ".git", "build"} & set(p.relative_to(ROOT).parts)]
 
 
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND = re.compile(r"python -m (mlit(?:\.\w+)?)((?: [^\s`|]+)*)")
+TOOL = re.compile(r"python tools/(\w+)\.py((?: [^\s`|]+)*)")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
+
+
 def test_the_files_the_docs_name_exist():
-    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    assert {p.name for p in docs} >= {"README.md", "architecture.md", "recipes.md", "zoo.md"}
-    named = {m for p in docs for m in re.findall(
+    assert {p.name for p in DOCS} >= {"README.md", "architecture.md", "recipes.md", "zoo.md"}
+    named = {m for p in DOCS for m in re.findall(
         r"`((?:mlit|kernels|tools|tests|recipes|docs)/[\w/.]+\.(?:py|yaml|md))`",
         p.read_text())}
     assert named and [n for n in sorted(named) if not (ROOT / n).exists()] == []
 
 
-
 def test_the_links_between_the_docs_resolve():
     """A Markdown link to a file is relative to the page that holds it (docs/x.md links
     `y.md`, README.md `docs/y.md`), as GitHub and a local viewer resolve it."""
-    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    links = [(p, target.split("#")[0]) for p in docs
+    links = [(p, target.split("#")[0]) for p in DOCS
              for target in re.findall(r"\]\(([^)\s]+)\)", p.read_text())
              if not target.startswith(("http://", "https://", "#", "mailto:"))]
     assert len(links) > 30
     assert [f"{p.relative_to(ROOT)}: {t}" for p, t in links if not (p.parent / t).exists()] == []
-
-
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-COMMAND = re.compile(r"python -m (mlit(?:\.\w+)?)((?: [^\s`|]+)*)")
-TOOL = re.compile(r"python tools/(\w+)\.py((?: [^\s`|]+)*)")
-FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
 
 
 def named(pattern) -> dict[tuple[str, str], set[str]]:
