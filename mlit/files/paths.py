@@ -1,7 +1,8 @@
-"""Output paths, checked before any work: a file a command will write (`output_file`) or a
-folder it will write into (`output_folder`), created if need be and probed with a real write
-(os.access is wrong as root and on /proc); names over the filesystem's limit are refused
-before any stat, which itself fails on them. Each problem is one BadInput line naming the flag.
+"""Paths, checked before any work: a file a command will write (`output_file`) or a folder it
+will write into (`output_folder`), created if need be and probed with a real write (os.access
+is wrong as root and on /proc); names over the filesystem's limit are refused before any stat,
+which itself fails on them. Each problem is one BadInput line naming the flag. And a folder an
+earlier run wrote that a command reads (`input_folder`: a zoo, a sweep).
 """
 
 from __future__ import annotations
@@ -70,4 +71,14 @@ def output_folder(path: str | Path, flag: str) -> Path:
     if path.exists() and not path.is_dir():
         raise BadInput(f"{flag} {path}: is a file, not a folder")
     writable_folder(path, flag, path)
+    return path
+
+
+def input_folder(path: str | Path, what: str, flag: str) -> Path:
+    """A folder a command reads that a run wrote with `flag` (a zoo, a sweep), or BadInput."""
+    path = Path(path)
+    if path.is_file():
+        raise BadInput(f"{path}: is a file, not a {what} folder (the {flag} a run wrote)")
+    if not path.is_dir():
+        raise BadInput(f"{path}: no such {what} folder")
     return path

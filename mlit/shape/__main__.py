@@ -26,7 +26,7 @@ from mlit.cli import launcher_flags, number, run_command
 from mlit.errors import BadInput, nothing_to_resume
 from mlit.files.atomic import write_text_atomic
 from mlit.files.jsonl import read_jsonl
-from mlit.files.paths import output_folder
+from mlit.files.paths import input_folder, output_folder
 from mlit.files.records import check_shape_points
 
 COMPUTE = number(float, 0, low_open=True)  # FLOPs
@@ -95,12 +95,7 @@ def main(argv=None) -> int:
 def report_command(args) -> int:
     from mlit.shape.report import read_sweep, write_report
 
-    if Path(args.sweep_dir).is_file():
-        raise BadInput(f"{args.sweep_dir}: is a file, not a sweep folder (the --sweep-dir a "
-                       "run wrote)")
-    if not Path(args.sweep_dir).is_dir():
-        raise BadInput(f"{args.sweep_dir}: no such sweep folder")
-    read_sweep(Path(args.sweep_dir))  # a sweep folder, before anything is written
+    read_sweep(input_folder(args.sweep_dir, "sweep", "--sweep-dir"))  # a sweep folder, before anything is written
     out = output_folder(args.out or Path(args.sweep_dir) / "report", "--out")
     result = write_report(args.sweep_dir, args.compute, out)
     print(result["block"], end="")

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from mlit.cli import launcher_flags, number, run_command
 from mlit.errors import nothing_to_resume
-from mlit.files.paths import output_folder
-from mlit.recipe.reading import RecipeError
+from mlit.files.paths import input_folder, output_folder
 
 
 def parse(argv):
@@ -62,19 +61,11 @@ def main(argv=None) -> int:
     return run_command("mlit.zoo", lambda: COMMANDS[args.command](args))
 
 
-def zoo_folder(path: str) -> Path:
-    if Path(path).is_file():
-        raise RecipeError(f"{path}: is a file, not a zoo folder (the --zoo-dir a run wrote)")
-    if not Path(path).is_dir():
-        raise RecipeError(f"{path}: no such zoo folder")
-    return Path(path)
-
-
 def analyze(args) -> int:
     from mlit.zoo.analysis import ZooAnalysis
     from mlit.zoo.report import write_report
 
-    zoo_dir = zoo_folder(args.zoo_dir)
+    zoo_dir = input_folder(args.zoo_dir, "zoo", "--zoo-dir")
     out = output_folder(args.out or zoo_dir / "analysis", "--out")
     result = ZooAnalysis(zoo_dir, args.device, args.batch_size, args.window,
                          args.mother_lambda, args.longitudinal_models, args.min_acc,
@@ -87,7 +78,7 @@ def analyze(args) -> int:
 def status(args) -> int:
     from mlit.population.layout import problem, summarize
 
-    zoo_dir = zoo_folder(args.zoo_dir)
+    zoo_dir = input_folder(args.zoo_dir, "zoo", "--zoo-dir")
     states = summarize(zoo_dir)
     if args.json:
         print(json.dumps(states, indent=2))
